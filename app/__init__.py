@@ -1,0 +1,1 @@
+"""digits' web layer: a thin FastAPI service over `model/`, and the `digits` command."""

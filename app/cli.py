@@ -1,0 +1,171 @@
+"""The `digits` command: flags mapped onto `model/` functions, plus `digits serve`.
+
+  digits data fetch        download and verify MNIST
+  digits train             train a network and write a versioned weights file
+  digits evaluate PATH     test accuracy, per-class accuracy and confusion matrix
+  digits serve             start the web service
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from model.data import DataError, default_data_dir
+
+log = logging.getLogger("digits")
+
+
+def resolve_data_dir(flag: str | None) -> Path:
+    """--data-dir, else DIGITS_DATA_DIR, else the per-user cache folder."""
+    return Path(flag or os.environ.get("DIGITS_DATA_DIR") or default_data_dir())
+
+
+def cmd_fetch(args) -> int:
+    from tqdm import tqdm
+
+    from model.fetch import fetch_mnist
+
+    data_dir = resolve_data_dir(args.data_dir)
+    bars: dict[str, tqdm] = {}
+
+    def on_progress(name: str, done: int, total: int | None) -> None:
+        bar = bars.get(name) or bars.setdefault(name, tqdm(total=total, desc=name, unit="B", unit_scale=True))
+        bar.update(done - bar.n)
+
+    try:
+        outcomes = fetch_mnist(data_dir, on_progress=on_progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    for outcome in outcomes:
+        print(f"{outcome.name}: {outcome.status} ({outcome.path})")
+    print(f"MNIST is ready in {data_dir}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from model.data import load_mnist
+    from model.pipeline import train_and_save
+    from model.registry import set_active
+    from model.train import Recipe
+
+    recipe = Recipe(architecture=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+                    learning_rate=args.learning_rate, lr_decay=args.lr_decay, momentum=args.momentum,
+                    l2=args.l2, seed=args.seed)
+    recipe.validate()
+    data = load_mnist(resolve_data_dir(args.data_dir))
+    bar = tqdm(total=recipe.epochs, unit="epoch", desc=f"train {recipe.architecture}")
+
+    def on_progress(p) -> None:
+        bar.n = p.epoch - 1 + p.step / p.n_steps
+        postfix = {"loss": f"{p.loss:.4f}", "samples/s": f"{p.samples_per_s:,.0f}"}
+        if p.epoch_done:
+            postfix["val"] = f"{100 * p.val_accuracy:.2f}%"
+            tqdm.write(f"epoch {p.epoch}/{p.n_epochs}: loss {p.loss:.4f}, val {100 * p.val_accuracy:.2f}%, "
+                       f"{p.samples_per_s:,.0f} samples/s")
+        bar.set_postfix(postfix, refresh=True)
+
+    out = Path(args.out) if args.out else None
+    tmp_out = out or Path(args.weights_dir) / "training.npz"
+    meta = train_and_save(recipe, data, tmp_out, on_progress)
+    bar.close()
+    if out is None:
+        out = tmp_out.with_name(f"{meta['version']}.npz")
+        os.replace(tmp_out, out)
+    m = meta["metrics"]
+    print(f"saved {out}\n  version {meta['version']}\n  best epoch {m['best_epoch']}, validation "
+          f"{100 * m['val_accuracy']:.2f}%, test {100 * m['test_accuracy']:.2f}%, {m['train_seconds']:.1f} s")
+    if args.activate:
+        set_active(out.parent, out.name)
+        print(f"  now the active model of {out.parent}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from model.data import load_split
+    from model.evaluate import evaluate, format_evaluation
+    from model.weights import load_model
+
+    model = load_model(Path(args.path))
+    X, y = load_split(resolve_data_dir(args.data_dir), "t10k")
+    print(format_evaluation(evaluate(model.network.predict(X), y), f"{model.version} on the MNIST test set"))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from app.main import load_active_model
+    from app.settings import Settings
+
+    settings = Settings()
+    settings.check_paths()
+    load_active_model(settings)  # refuse to start, with the reason, before uvicorn forks workers
+    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from model.network import ARCHITECTURES
+    from model.train import Recipe
+
+    parser = argparse.ArgumentParser(prog="digits", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="manage the MNIST files").add_subparsers(dest="data_command", required=True)
+    fetch = data.add_parser("fetch", help="download and verify the four MNIST files")
+    fetch.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    fetch.set_defaults(func=cmd_fetch)
+
+    d = Recipe()
+    train = sub.add_parser("train", help="train a network", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--arch", choices=ARCHITECTURES, default=d.architecture)
+    train.add_argument("--epochs", type=int, default=d.epochs)
+    train.add_argument("--batch-size", type=int, default=d.batch_size)
+    train.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    train.add_argument("--lr-decay", type=float, default=d.lr_decay, help="per-epoch factor")
+    train.add_argument("--momentum", type=float, default=d.momentum)
+    train.add_argument("--l2", type=float, default=d.l2)
+    train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    train.add_argument("--weights-dir", default="weights", help="where the versioned file goes")
+    train.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")
+    train.add_argument("--activate", action="store_true", help="make it the model the service loads")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="test accuracy, per class, and the confusion matrix")
+    evaluate.add_argument("path", help="a weights .npz")
+    evaluate.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    serve = sub.add_parser("serve", help="start the web service (settings: DIGITS_* variables)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ValueError) as exc:
+        print(f"digits: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("digits: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

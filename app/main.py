@@ -1,0 +1,112 @@
+"""Build the FastAPI app: settings, the active model loaded once at start-up, routes, the page."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from threadpoolctl import threadpool_limits
+
+from app.routes import router
+from app.settings import Settings
+from model.registry import active_path
+from model.weights import Model, load_model
+
+log = logging.getLogger("digits")
+
+
+class ModelHolder:
+    """The model being served. Replacing `current` is one reference swap, so requests never see half."""
+
+    def __init__(self, model: Model) -> None:
+        self.current = model
+
+
+def load_active_model(settings: Settings) -> Model:
+    """The active model of the weights folder; raises WeightsError saying how to get one."""
+    return load_model(active_path(settings.weights_dir))
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over `limit` bytes with 413, whether or not Content-Length is sent (pure ASGI)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send):
+        response = JSONResponse({"detail": f"the request body is over {self.limit} bytes; send a smaller "
+                                           f"image or fewer items"}, status_code=413)
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def describe_validation_error(exc: RequestValidationError) -> str:
+    """One readable sentence per problem, e.g. "pixels: pixels has shape (3,); send 28x28 ..."."""
+    parts = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "")
+            parts.append(f"the body is not valid JSON ({reason}); send a JSON object")
+            continue
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {message}" if loc else message)
+    return "; ".join(parts)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The digits service. Fails at start-up (not on first request) if settings or weights are unusable."""
+    settings = settings or Settings()
+    settings.check_paths()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # One BLAS thread per process: concurrent requests each running a multi-threaded matmul
+        # oversubscribe the cores and collapse throughput (see benchmarks/serve_load.py).
+        with threadpool_limits(limits=settings.blas_threads):
+            app.state.models = ModelHolder(load_active_model(settings))
+            log.info("serving model %s", app.state.models.current.version)
+            yield
+
+    app = FastAPI(title="digits", summary="Draw a digit; a NumPy network classifies it.",
+                  version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
+
+    app.include_router(router)
+    app.mount("/", StaticFiles(directory=settings.static_dir, html=True), name="static")
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    return app

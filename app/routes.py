@@ -1,0 +1,81 @@
+"""HTTP routes: validate, call one `model` function, shape the response."""
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+
+from app.images import ImageError, decode_base64, decode_image
+from app.schemas import BatchPrediction, ModelInfo, Prediction, PredictRequest
+from model.preprocess import EmptyDrawingError, preprocess_image, preprocess_strokes
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["service"])
+def healthz() -> dict:
+    """Liveness: answers without touching the model."""
+    return {"status": "ok"}
+
+
+@router.get("/model", response_model=ModelInfo, tags=["model"])
+def model_info(request: Request) -> ModelInfo:
+    """The active model: version, architecture and metrics."""
+    meta = request.app.state.models.current.meta
+    return ModelInfo(version=meta["version"], architecture=meta["architecture"].get("name", "custom"),
+                     created_at=meta["created_at"], preprocessing_version=meta["preprocessing_version"],
+                     metrics=meta.get("metrics", {}), recipe=meta.get("recipe"), spec=meta["architecture"])
+
+
+def drawing_to_inputs(body, settings) -> tuple[np.ndarray, bool]:
+    """Any accepted input form -> (N, 784) float32 model inputs, and whether it was a batch.
+
+    Raises HTTPException with a 4xx for anything unusable.
+    """
+    try:
+        if body.kind == "pixels":
+            X = body.pixels
+            batch = X.ndim == 3 or (X.ndim == 2 and X.shape[1] == 784)
+            if batch and len(X) > settings.max_pixel_batch:
+                raise HTTPException(413, f"pixels holds {len(X)} images; the limit is {settings.max_pixel_batch}")
+            return X.reshape(-1, 784), batch
+        if body.kind == "strokes":
+            n_points = sum(len(s) for s in body.strokes)
+            if n_points > settings.max_stroke_points:
+                raise HTTPException(413, f"the strokes hold {n_points} points; the limit is "
+                                         f"{settings.max_stroke_points}")
+            return preprocess_strokes(body.strokes).reshape(1, 784), False
+        images = [body.image] if body.kind == "image" else body.images
+        if len(images) > settings.max_image_batch:
+            raise HTTPException(413, f"images holds {len(images)} images; the limit is {settings.max_image_batch}")
+        X = np.empty((len(images), 784), dtype=np.float32)
+        for i, text in enumerate(images):
+            try:
+                X[i] = preprocess_image(decode_image(decode_base64(text), settings.max_image_pixels)).ravel()
+            except EmptyDrawingError as exc:
+                raise EmptyDrawingError() if len(images) == 1 else ValueError(f"images[{i}]: {exc}") from exc
+            except ImageError as exc:
+                raise ImageError(f"images[{i}]: {exc}" if body.kind == "images" else str(exc), exc.status) from exc
+        return X, body.kind == "images"
+    except ImageError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+@router.post("/predict", response_model=Prediction | BatchPrediction, response_model_exclude_none=True,
+             tags=["model"], responses={413: {"description": "body, image or batch over its limit"},
+                                        415: {"description": "not a PNG, JPEG or WebP"},
+                                        422: {"description": "invalid or empty drawing"}})
+def predict(body: PredictRequest, request: Request):
+    """Classify a drawing (image, strokes or pixels) or a batch of them."""
+    model = request.app.state.models.current
+    X, batch = drawing_to_inputs(body, request.app.state.settings)
+    probs = model.network.predict_proba(X).astype(np.float64)
+    probs /= probs.sum(axis=1, keepdims=True)
+    predictions = [
+        Prediction(digit=int(p.argmax()), confidence=float(p.max()), probabilities=p.tolist(),
+                   model_version=model.version,
+                   input=np.round(x.reshape(28, 28), 4).tolist() if body.explain else None)
+        for p, x in zip(probs, X)
+    ]
+    return BatchPrediction(predictions=predictions) if batch else predictions[0]

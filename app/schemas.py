@@ -1,0 +1,91 @@
+"""Request and response models; they do the validation, so bad input is refused before NumPy runs."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+INPUTS = ("image", "images", "pixels", "strokes")
+
+
+class DrawingInput(BaseModel):
+    """Exactly one of: image, images, pixels, strokes."""
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(None, description="PNG, JPEG or WebP as a data URL or plain base64")
+    images: list[str] | None = Field(None, min_length=1, description="a batch of images")
+    pixels: Any = Field(None, description="28x28 or 784 values in [0, 1] (1 = ink), or a batch of those")
+    strokes: list[list[tuple[Coordinate, Coordinate]]] | None = Field(
+        None, description="pen strokes, each a list of [x, y] points in canvas pixels")
+
+    @field_validator("pixels")
+    @classmethod
+    def _pixels_are_images(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise ValueError("must be a list: 28x28 nested lists, 784 numbers, or a batch of those")
+        try:
+            X = np.asarray(value, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise ValueError("must be a rectangular list of numbers (rows of equal length, no "
+                             "strings or nulls)") from None
+        if X.ndim == 2 and X.shape == (28, 28) or X.ndim == 1 and X.shape == (784,):
+            pass
+        elif X.ndim == 3 and X.shape[1:] == (28, 28) or X.ndim == 2 and X.shape[1] == 784:
+            if len(X) == 0:
+                raise ValueError("is an empty batch")
+        else:
+            raise ValueError(f"has shape {X.shape}; send 28x28, 784, Nx28x28 or Nx784")
+        if not np.all(np.isfinite(X)):
+            raise ValueError("holds NaN or infinity; send numbers in [0, 1]")
+        if X.min() < 0 or X.max() > 1:
+            raise ValueError(f"must be in [0, 1] (0 background, 1 ink); got values from "
+                             f"{X.min():g} to {X.max():g}. Divide 0-255 values by 255")
+        return X
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> "DrawingInput":
+        given = [name for name in INPUTS if getattr(self, name) is not None]
+        if len(given) != 1:
+            found = f"got {', '.join(given)}" if given else "got none"
+            raise ValueError(f"give exactly one of {', '.join(INPUTS)} ({found})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in INPUTS if getattr(self, name) is not None)
+
+
+class PredictRequest(DrawingInput):
+    explain: bool = Field(False, description="also return the 28x28 input the model saw")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"strokes": [[[40, 40], [200, 40], [90, 250]]], "explain": True},
+        {"image": "data:image/png;base64,iVBORw0KGgo..."},
+        {"pixels": [[0.0] * 784]},
+    ]})
+
+
+class Prediction(BaseModel):
+    digit: int = Field(ge=0, le=9)
+    confidence: float
+    probabilities: list[float] = Field(min_length=10, max_length=10)
+    model_version: str
+    input: list[list[float]] | None = Field(None, description="the 28x28 input the model saw (explain)")
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction]
+
+
+class ModelInfo(BaseModel):
+    version: str
+    architecture: str
+    created_at: str
+    preprocessing_version: int
+    metrics: dict[str, Any]
+    recipe: dict[str, Any] | None = None
+    spec: dict[str, Any]

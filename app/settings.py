@@ -1,0 +1,31 @@
+"""Service settings, read from `DIGITS_*` environment variables; bad values fail at start-up."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIGITS_", extra="ignore")
+
+    weights_dir: Path = Field(ROOT / "weights", description="folder of versioned .npz files and ACTIVE")
+    data_dir: Path | None = Field(None, description="MNIST folder; default: the per-user cache folder")
+    static_dir: Path = Field(ROOT / "static", description="the drawing page's files")
+    admin_token: SecretStr | None = Field(None, description="bearer token for /train and model activation")
+    max_body_bytes: int = Field(1_000_000, ge=1024, le=50_000_000)
+    max_image_pixels: int = Field(4_000_000, ge=784, le=100_000_000, description="width x height limit")
+    max_pixel_batch: int = Field(256, ge=1, le=10_000)
+    max_image_batch: int = Field(64, ge=1, le=1_000)
+    max_stroke_points: int = Field(20_000, ge=10, le=1_000_000)
+    blas_threads: int = Field(1, ge=1, le=64, description="BLAS threads per server process")
+
+    def check_paths(self) -> None:
+        """Folders that must exist; raises ValueError naming the setting."""
+        if not self.weights_dir.is_dir():
+            raise ValueError(f"DIGITS_WEIGHTS_DIR={self.weights_dir} is not a folder")
+        if not self.static_dir.is_dir():
+            raise ValueError(f"DIGITS_STATIC_DIR={self.static_dir} is not a folder")

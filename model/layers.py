@@ -1,0 +1,125 @@
+"""Small layers with `forward` and `backward`, batch-major and float32.
+
+`forward` caches what `backward` needs; `backward` returns dX and stores parameter gradients in
+`self.grads`. Parameter updates live in `model.optim`, never here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DTYPE = np.float32
+
+
+class Layer:
+    """Base: a layer with no parameters."""
+    kind = "layer"
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+
+    def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dY: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def spec(self) -> dict:
+        """JSON-able description, enough to rebuild the layer (without its parameters)."""
+        return {"type": self.kind}
+
+
+class Dense(Layer):
+    """Z = X @ W + b. He-initialised for the ReLU that usually follows."""
+    kind = "dense"
+
+    def __init__(self, n_in: int, n_out: int, rng: np.random.Generator | None = None) -> None:
+        super().__init__()
+        self.n_in, self.n_out = int(n_in), int(n_out)
+        rng = rng or np.random.default_rng(0)
+        scale = np.sqrt(2.0 / self.n_in)
+        self.params["W"] = (rng.standard_normal((self.n_in, self.n_out)) * scale).astype(DTYPE)
+        self.params["b"] = np.zeros(self.n_out, dtype=DTYPE)
+        self.grads["W"] = np.zeros_like(self.params["W"])
+        self.grads["b"] = np.zeros_like(self.params["b"])
+        # The first layer's input is the data: nobody needs its gradient, so backward skips
+        # that (N, n_in) matmul. Network sets this.
+        self.needs_input_grad = True
+        self._X: np.ndarray | None = None
+
+    def forward(self, X, training=False):
+        """X: (N, n_in) -> (N, n_out)."""
+        if training:
+            self._X = X
+        return X @ self.params["W"] + self.params["b"]  # (N, n_out)
+
+    def backward(self, dZ):
+        """dZ: (N, n_out) -> dX (N, n_in), or None for the first layer; fills grads W and b."""
+        np.matmul(self._X.T, dZ, out=self.grads["W"])  # (n_in, n_out)
+        np.sum(dZ, axis=0, out=self.grads["b"])
+        if not self.needs_input_grad:
+            return None
+        return dZ @ self.params["W"].T  # (N, n_in)
+
+    def spec(self):
+        return {"type": self.kind, "n_in": self.n_in, "n_out": self.n_out}
+
+
+class ReLU(Layer):
+    """A = max(Z, 0), computed in place: the layer before never keeps its output."""
+    kind = "relu"
+
+    def forward(self, X, training=False):
+        A = np.maximum(X, 0, out=X)
+        if training:
+            self._A = A
+        return A
+
+    def backward(self, dA):
+        dA *= self._A > 0  # in place: dA belongs to this backward pass alone
+        return dA
+
+
+class SoftmaxCrossEntropy:
+    """Mean softmax cross-entropy over the batch, with the fused gradient (probs - onehot) / N."""
+
+    def forward(self, logits: np.ndarray, y: np.ndarray) -> float:
+        """logits: (N, C), y: (N,) int labels -> mean loss."""
+        self._probs = softmax(logits)
+        self._y = y
+        N = len(y)
+        picked = self._probs[np.arange(N), y]
+        return float(-np.log(np.maximum(picked, np.finfo(DTYPE).tiny)).mean())
+
+    def backward(self) -> np.ndarray:
+        """-> dlogits (N, C)."""
+        N = len(self._y)
+        dZ = self._probs  # reused in place; forward's probabilities are not needed again
+        dZ[np.arange(N), self._y] -= 1
+        dZ /= N
+        return dZ
+
+
+def softmax(Z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable: the row max is subtracted first. (N, C) -> (N, C)."""
+    E = np.exp(Z - Z.max(axis=1, keepdims=True))
+    E /= E.sum(axis=1, keepdims=True)
+    return E
+
+
+LAYER_TYPES: dict[str, type[Layer]] = {"dense": Dense, "relu": ReLU}
+
+
+def build_layer(spec: dict, rng: np.random.Generator | None = None) -> Layer:
+    """Rebuild a layer from its `spec()`; unknown types and bad sizes raise ValueError."""
+    kind = spec.get("type")
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
+    cls = LAYER_TYPES[kind]
+    args = {k: v for k, v in spec.items() if k != "type"}
+    if cls is Dense:
+        for key in ("n_in", "n_out"):
+            if not isinstance(args.get(key), int) or args[key] <= 0:
+                raise ValueError(f"dense layer needs a positive integer {key!r}, got {args.get(key)!r}")
+        return Dense(args["n_in"], args["n_out"], rng)
+    return cls()

@@ -1,0 +1,107 @@
+"""A sequential network of `model.layers`, built from a JSON-able spec, plus the named architectures."""
+from __future__ import annotations
+
+import numpy as np
+
+from model.layers import DTYPE, Dense, Layer, SoftmaxCrossEntropy, build_layer, softmax
+
+N_CLASSES = 10
+N_PIXELS = 784
+
+
+def architecture_spec(name: str) -> dict:
+    """The layer list of a named architecture."""
+    if name == "seed":
+        # The classic cs231n two-layer net: 784 -> 1024 ReLU -> 10.
+        return {"name": "seed", "layers": [
+            {"type": "dense", "n_in": N_PIXELS, "n_out": 1024},
+            {"type": "relu"},
+            {"type": "dense", "n_in": 1024, "n_out": N_CLASSES},
+        ]}
+    raise ValueError(f"unknown architecture {name!r}; known: {ARCHITECTURES}")
+
+
+ARCHITECTURES = ("seed",)
+
+
+class Network:
+    """Layers applied in order; `predict_proba` and `predict` as in scikit-learn."""
+
+    def __init__(self, spec: dict, rng: np.random.Generator | None = None) -> None:
+        if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list) or not spec["layers"]:
+            raise ValueError("architecture spec must be an object with a non-empty 'layers' list")
+        self.spec = spec
+        self.name = str(spec.get("name", "custom"))
+        self.layers: list[Layer] = [build_layer(s, rng) for s in spec["layers"]]
+        first_dense = next((layer for layer in self.layers if isinstance(layer, Dense)), None)
+        if first_dense is not None and first_dense is self.layers[0]:
+            first_dense.needs_input_grad = False
+        self.loss = SoftmaxCrossEntropy()
+
+    @classmethod
+    def from_architecture(cls, name: str, seed: int = 0) -> "Network":
+        return cls(architecture_spec(name), np.random.default_rng(seed))
+
+    # --- parameters ---------------------------------------------------------------------------
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Every parameter array by its weights-file key, e.g. '0.W' (layer index, attribute)."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
+
+    def set_parameters(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy arrays into the network, checking that keys, shapes and dtypes match the spec."""
+        own = self.parameters()
+        missing, extra = own.keys() - arrays.keys(), arrays.keys() - own.keys()
+        if missing or extra:
+            raise ValueError(f"parameters do not match the architecture: missing {sorted(missing)}, "
+                             f"unexpected {sorted(extra)}")
+        for key, target in own.items():
+            value = arrays[key]
+            if value.shape != target.shape:
+                raise ValueError(f"parameter {key!r} has shape {value.shape}, the architecture needs {target.shape}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"parameter {key!r} holds NaN or infinity")
+            target[...] = value
+
+    def weight_keys(self) -> list[str]:
+        """Keys that the L2 penalty applies to: weight matrices, not biases."""
+        return [key for key in self.parameters() if key.endswith(".W")]
+
+    # --- computation ---------------------------------------------------------------------------
+    def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
+        """X: (N, 784) float32 -> logits (N, 10)."""
+        A = X
+        for layer in self.layers:
+            A = layer.forward(A, training)
+        return A
+
+    def backward(self, dlogits: np.ndarray) -> None:
+        """Back-propagate dlogits (N, 10), filling every layer's grads."""
+        dA = dlogits
+        for layer in reversed(self.layers):
+            dA = layer.backward(dA)
+
+    def loss_and_gradients(self, X: np.ndarray, y: np.ndarray, l2: float = 0.0) -> float:
+        """One forward and backward pass; returns the loss including 0.5 * l2 * sum(W^2)."""
+        loss = self.loss.forward(self.forward(X, training=True), y)
+        self.backward(self.loss.backward())
+        if l2:
+            params, grads = self.parameters(), self.gradients()
+            for key in self.weight_keys():
+                loss += 0.5 * l2 * float(np.vdot(params[key], params[key]))
+                grads[key] += DTYPE(l2) * params[key]
+        return loss
+
+    def predict_proba(self, X: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+        """X: (N, 784) float32 in [0, 1] -> (N, 10) probabilities."""
+        X = np.asarray(X, dtype=DTYPE).reshape(-1, N_PIXELS)
+        out = np.empty((len(X), N_CLASSES), dtype=DTYPE)
+        for start in range(0, len(X), batch_size):
+            out[start:start + batch_size] = softmax(self.forward(X[start:start + batch_size]))
+        return out
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """X: (N, 784) -> (N,) predicted digits."""
+        return self.predict_proba(X).argmax(axis=1)

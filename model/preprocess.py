@@ -1,0 +1,136 @@
+"""The one preprocessing path from a drawing to the 28x28 MNIST-style input, used by /predict,
+feedback and training alike: ink channel, crop, scale the longest side to 20 px, centre by mass.
+
+Decoding image files is not done here (the web layer turns bytes into arrays); this is NumPy only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PREPROCESSING_VERSION = 1
+SIZE, BOX = 28, 20  # MNIST: digits scaled into a 20x20 box, centred by mass in 28x28
+INK_FLOOR = 0.1     # a drawing whose strongest ink is fainter than this is empty
+STROKE_WIDTH = 0.12  # pen width as a fraction of the drawing's longest side, MNIST-like
+RASTER = 32          # strokes are rendered at this size (cheap), then go through preprocess_ink
+
+
+class EmptyDrawingError(ValueError):
+    """The drawing has no ink."""
+
+    def __init__(self) -> None:
+        super().__init__("the drawing is empty")
+
+
+def to_ink(image: np.ndarray) -> np.ndarray:
+    """Any image to one ink channel in [0, 1] (1 = ink).
+
+    image: (H, W) grey or (H, W, 3|4) RGB(A) uint8. With transparency, alpha is the ink. Otherwise ink is
+    the distance from the background colour (the median border colour), so dark-on-light, light-on-dark
+    and coloured ink all work.
+    """
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected a (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
+    img = img.astype(np.float32) / 255.0
+    if img.shape[2] == 4:
+        alpha = img[:, :, 3]
+        if alpha.min() < 1.0:
+            return alpha
+        img = img[:, :, :3]
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    background = np.median(border, axis=0)
+    return np.abs(img - background).max(axis=2)
+
+
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights that average input cells over each output cell's span (antialiased resize)."""
+    edges = np.linspace(0, n_in, n_out + 1)
+    left, right = edges[:-1, None], edges[1:, None]
+    cells = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(right, cells + 1) - np.maximum(left, cells), 0, None)
+    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def preprocess_ink(ink: np.ndarray) -> np.ndarray:
+    """Ink (H, W) float in [0, 1] -> (28, 28) float32 MNIST-style; raises EmptyDrawingError."""
+    ink = np.asarray(ink, dtype=np.float32)
+    peak = float(ink.max(initial=0.0))
+    if peak < INK_FLOOR:
+        raise EmptyDrawingError()
+    ink = ink / peak
+    rows, cols = np.nonzero(ink > INK_FLOOR / 2)
+    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    h, w = ink.shape
+    scale = BOX / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    small = _area_matrix(h, new_h) @ ink @ _area_matrix(w, new_w).T  # (new_h, new_w)
+    small /= max(float(small.max()), 1e-6)
+    total = small.sum()
+    cy = float((small.sum(axis=1) * np.arange(new_h)).sum() / total)
+    cx = float((small.sum(axis=0) * np.arange(new_w)).sum() / total)
+    top = int(np.clip(round(SIZE / 2 - 0.5 - cy), 0, SIZE - new_h))
+    left = int(np.clip(round(SIZE / 2 - 0.5 - cx), 0, SIZE - new_w))
+    out = np.zeros((SIZE, SIZE), dtype=np.float32)
+    out[top:top + new_h, left:left + new_w] = small
+    return out
+
+
+def preprocess_image(image: np.ndarray) -> np.ndarray:
+    """A decoded image (see `to_ink`) -> (28, 28) float32 in [0, 1]."""
+    return preprocess_ink(to_ink(image))
+
+
+def _decimate(q: np.ndarray, step: float) -> np.ndarray:
+    """Keep about one point per `step` of arc length (plus both ends): same shape, far fewer segments."""
+    if len(q) < 3:
+        return q
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(q, axis=0).T))])
+    _, keep = np.unique(np.floor(arc / step), return_index=True)
+    return q[np.union1d(keep, [len(q) - 1])]
+
+
+def render_strokes(strokes: list, raster: int = RASTER) -> np.ndarray:
+    """Pen strokes [[[x, y], ...], ...] in any units -> (raster, raster) antialiased ink.
+
+    The drawing's bounding box is scaled to fill the raster and drawn with a fixed pen width relative to
+    it, so the brush size the person used does not matter.
+    """
+    points = [np.asarray(s, dtype=np.float64).reshape(-1, 2) for s in strokes if len(s)]
+    if not points:
+        raise EmptyDrawingError()
+    allp = np.concatenate(points)
+    lo, hi = allp.min(axis=0), allp.max(axis=0)
+    span = float((hi - lo).max())
+    pen = STROKE_WIDTH * raster
+    scale = (raster - 2 * pen) / span if span > 0 else 1.0
+    starts, ends = [], []
+    for p in points:
+        q = _decimate((p - (lo + hi) / 2) * scale + raster / 2, step=1.0)
+        if len(q) == 1:
+            q = np.vstack([q, q])  # a dot: a segment of length zero
+        starts.append(q[:-1])
+        ends.append(q[1:])
+    A = np.concatenate(starts).astype(np.float32)  # (K, 2) segment starts, (x, y)
+    AB = np.concatenate(ends).astype(np.float32) - A
+    len2 = np.maximum((AB ** 2).sum(axis=1), 1e-6)
+    centres = np.arange(raster, dtype=np.float32) + 0.5
+    px, py = np.meshgrid(centres, centres)
+    px, py = px.reshape(-1, 1), py.reshape(-1, 1)  # (R*R, 1)
+    dist2 = np.full(raster * raster, np.inf, dtype=np.float32)
+    for k in range(0, len(A), 128):  # chunks of segments bound memory at (R*R, 128)
+        ax, ay = A[k:k + 128, 0], A[k:k + 128, 1]
+        bx, by = AB[k:k + 128, 0], AB[k:k + 128, 1]
+        dx, dy = px - ax, py - ay  # (R*R, k)
+        t = np.clip((dx * bx + dy * by) / len2[k:k + 128], 0.0, 1.0)
+        dx -= t * bx
+        dy -= t * by
+        dist2 = np.minimum(dist2, (dx * dx + dy * dy).min(axis=1))
+    ink = np.clip(pen / 2 + 0.5 - np.sqrt(dist2), 0.0, 1.0)
+    return ink.reshape(raster, raster)
+
+
+def preprocess_strokes(strokes: list) -> np.ndarray:
+    """Pen strokes -> (28, 28) float32 in [0, 1], through the same path as images."""
+    return preprocess_ink(render_strokes(strokes))

@@ -1,0 +1,57 @@
+"""The weights folder: versioned `.npz` files plus an `ACTIVE` file naming the one to serve.
+
+Plain file operations, written atomically, so several server processes can share one folder.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from model.weights import WeightsError, read_meta
+
+ACTIVE_FILE = "ACTIVE"
+
+
+def active_path(weights_dir: Path) -> Path:
+    """The path of the active weights file; WeightsError if none is set or it is missing."""
+    weights_dir = Path(weights_dir)
+    marker = weights_dir / ACTIVE_FILE
+    if not marker.is_file():
+        raise WeightsError(f"no active model in {weights_dir} (no {ACTIVE_FILE} file); "
+                           f"run `digits train --activate` or copy the shipped weights there")
+    name = marker.read_text().strip()
+    if not name or "/" in name or name.startswith("."):
+        raise WeightsError(f"{marker} names {name!r}, not a weights file in {weights_dir}")
+    path = weights_dir / name
+    if not path.is_file():
+        raise WeightsError(f"{marker} names {name}, but {path} does not exist")
+    return path
+
+
+def set_active(weights_dir: Path, filename: str) -> None:
+    """Point ACTIVE at `filename` (which must be a readable weights file in the folder), atomically."""
+    weights_dir = Path(weights_dir)
+    read_meta(weights_dir / filename)
+    fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".ACTIVE-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(filename + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users (a container's app user) must read it
+        os.replace(tmp, weights_dir / ACTIVE_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def list_models(weights_dir: Path) -> list[tuple[Path, dict | WeightsError]]:
+    """Every `.npz` in the folder with its metadata (or the error reading it), oldest first."""
+    out = []
+    for path in sorted(Path(weights_dir).glob("*.npz")):
+        try:
+            out.append((path, read_meta(path)))
+        except WeightsError as exc:
+            out.append((path, exc))
+    return sorted(out, key=lambda item: item[1].get("created_at", "") if isinstance(item[1], dict) else "")

@@ -1,0 +1,124 @@
+"""The training loop: seeded minibatches, validation each epoch, progress callback and cancellation.
+
+The same `train` function serves `digits train` and the service's background jobs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from model.network import Network
+from model.optim import SGD
+
+
+@dataclass
+class Recipe:
+    """Hyper-parameters of one training run; stored in the weights file."""
+    architecture: str = "seed"
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 0.5
+    lr_decay: float = 0.9  # learning rate multiplied by this after every epoch
+    momentum: float = 0.0
+    l2: float = 1e-4
+    seed: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.l2 >= 0, "l2 must be non-negative"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Progress:
+    """What the loop reports after every step and at the end of every epoch."""
+    epoch: int           # 1-based
+    n_epochs: int
+    step: int            # steps done in this epoch
+    n_steps: int         # steps per epoch
+    loss: float          # running mean training loss this epoch
+    samples_per_s: float
+    val_accuracy: float | None = None  # set on the end-of-epoch report only
+    epoch_done: bool = False
+
+    @property
+    def fraction(self) -> float:
+        return ((self.epoch - 1) * self.n_steps + self.step) / (self.n_epochs * self.n_steps)
+
+
+@dataclass
+class TrainResult:
+    network: Network
+    best_epoch: int
+    val_accuracy: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class TrainingCancelled(Exception):
+    """Raised between steps when `should_stop()` answers True."""
+
+
+def accuracy(network: Network, X: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of X that `network` labels correctly."""
+    return float((network.predict(X) == y).mean()) if len(y) else float("nan")
+
+
+def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+          on_progress: Callable[[Progress], None] | None = None,
+          should_stop: Callable[[], bool] | None = None,
+          report_every: int = 20) -> TrainResult:
+    """Train the recipe's architecture; keep the parameters of the epoch with the best validation accuracy.
+
+    X_*: (N, 784) float32 in [0, 1]; y_*: (N,) int. With no validation data the last epoch is kept.
+    """
+    recipe.validate()
+    rng = np.random.default_rng(recipe.seed)
+    network = Network.from_architecture(recipe.architecture, seed=int(rng.integers(2**31)))
+    optimizer = SGD(recipe.learning_rate, recipe.momentum)
+    X_train = np.ascontiguousarray(X_train, dtype=np.float32)
+    n = len(X_train)
+    n_steps = -(-n // recipe.batch_size)
+    best = (-1.0, 0, None)
+    history: list[dict] = []
+    started = time.perf_counter()
+    for epoch in range(1, recipe.epochs + 1):
+        order = rng.permutation(n)
+        epoch_start, loss_sum = time.perf_counter(), 0.0
+        for step in range(n_steps):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(f"cancelled in epoch {epoch}, step {step}")
+            idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            loss_sum += network.loss_and_gradients(X_train[idx], y_train[idx], recipe.l2)
+            optimizer.step(network.parameters(), network.gradients())
+            if on_progress is not None and ((step + 1) % report_every == 0 or step + 1 == n_steps):
+                done = min((step + 1) * recipe.batch_size, n)
+                on_progress(Progress(epoch, recipe.epochs, step + 1, n_steps, loss_sum / (step + 1),
+                                     done / (time.perf_counter() - epoch_start)))
+        epoch_seconds = time.perf_counter() - epoch_start
+        val_acc = accuracy(network, X_val, y_val) if len(y_val) else float("nan")
+        record = {"epoch": epoch, "loss": loss_sum / n_steps, "val_accuracy": val_acc,
+                  "learning_rate": optimizer.learning_rate, "seconds": epoch_seconds}
+        history.append(record)
+        if not len(y_val) or val_acc > best[0]:
+            best = (val_acc, epoch, {k: v.copy() for k, v in network.parameters().items()})
+        if on_progress is not None:
+            on_progress(Progress(epoch, recipe.epochs, n_steps, n_steps, record["loss"],
+                                 n / epoch_seconds, val_acc, epoch_done=True))
+        optimizer.learning_rate *= recipe.lr_decay
+    network.set_parameters(best[2])
+    return TrainResult(network, best[1], best[0], history, time.perf_counter() - started)

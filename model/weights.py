@@ -1,0 +1,128 @@
+"""Save and load a model as one `.npz`: parameter arrays plus a JSON `meta` entry.
+
+Loading uses allow_pickle=False, rebuilds the network from the spec in `meta` and checks every array
+against it; anything wrong raises WeightsError naming the file. Writes are atomic (temp file, rename).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from model.network import Network
+
+FORMAT_VERSION = 1
+META_KEY = "meta"
+REQUIRED_META = ("format_version", "version", "architecture", "preprocessing_version", "created_at")
+
+
+class WeightsError(ValueError):
+    """A weights file is missing, corrupt, truncated or does not match its own architecture."""
+
+
+@dataclass
+class Model:
+    """A loaded network with its metadata."""
+    network: Network
+    meta: dict
+    path: Path | None = None
+
+    @property
+    def version(self) -> str:
+        return self.meta["version"]
+
+
+def make_version(architecture_name: str, arrays: dict[str, np.ndarray], created_at: datetime) -> str:
+    """A readable, unique model version: architecture, UTC time and a hash of the parameters."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return f"{architecture_name}-{created_at:%Y%m%d-%H%M%S}-{digest.hexdigest()[:8]}"
+
+
+def save_model(path: Path, network: Network, meta: dict) -> dict:
+    """Write `network` and `meta` (plus format version, version, architecture, creation time) atomically.
+
+    Returns the full metadata as written.
+    """
+    path = Path(path)
+    arrays = network.parameters()
+    created = datetime.now(timezone.utc).replace(microsecond=0)
+    full_meta = {
+        "format_version": FORMAT_VERSION,
+        "architecture": network.spec,
+        "created_at": created.isoformat(),
+        **meta,
+    }
+    full_meta.setdefault("version", make_version(network.name, arrays, created))
+    for key in REQUIRED_META:
+        if key not in full_meta:
+            raise ValueError(f"metadata needs {key!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays, **{META_KEY: np.array(json.dumps(full_meta, sort_keys=True))})
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users (a container's app user) must read it
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return full_meta
+
+
+def read_meta(path: Path) -> dict:
+    """Only the metadata of a weights file (cheap: the arrays are not read)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return _parse_meta(npz, path)
+    except WeightsError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise WeightsError(f"{path}: not a readable weights file ({exc})") from exc
+
+
+def _parse_meta(npz, path: Path) -> dict:
+    if META_KEY not in npz.files:
+        raise WeightsError(f"{path}: no '{META_KEY}' entry; this is not a digits weights file")
+    try:
+        meta = json.loads(str(npz[META_KEY]))
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: metadata is not a JSON object")
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise WeightsError(f"{path}: metadata lacks {missing}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise WeightsError(f"{path}: format version {meta['format_version']!r}, this code reads {FORMAT_VERSION}")
+    return meta
+
+
+def load_model(path: Path) -> Model:
+    """Load and fully check a weights file; never returns a half-built model."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"no weights file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = _parse_meta(npz, path)
+            arrays = {key: npz[key] for key in npz.files if key != META_KEY}
+        network = Network(meta["architecture"])
+        network.set_parameters(arrays)
+    except WeightsError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise WeightsError(f"{path}: {exc}") from exc
+    return Model(network, meta, path)
