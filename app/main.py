@@ -31,7 +31,11 @@ def load_active_model(settings: Settings) -> Model:
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over `limit` bytes with 413, whether or not Content-Length is sent (pure ASGI)."""
+    """Refuse bodies over `limit` bytes with 413, whether or not Content-Length is sent (pure ASGI).
+
+    Without Content-Length the body is counted as it arrives; past the limit the 413 goes out at once,
+    the app is told the client left, and whatever the app then tries to send is dropped.
+    """
 
     def __init__(self, app, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -39,35 +43,32 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
+        declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(send)
-        received = 0
+        received, refused = 0, False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _TooLarge()
-            return message
+                if received > self.limit and not refused:
+                    refused = True
+                    await self._refuse(send)
+            return {"type": "http.disconnect"} if refused else message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def guarded_send(message):
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
 
     async def _refuse(self, send):
         response = JSONResponse({"detail": f"the request body is over {self.limit} bytes; send a smaller "
                                            f"image or fewer items"}, status_code=413)
         await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:

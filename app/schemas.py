@@ -28,7 +28,10 @@ class DrawingInput(BaseModel):
         if not isinstance(value, list):
             raise ValueError("must be a list: 28x28 nested lists, 784 numbers, or a batch of those")
         try:
-            X = np.asarray(value, dtype=np.float32)
+            X = np.asarray(value)
+            if X.dtype.kind not in "iuf":  # strings, nulls and booleans are not pixel values
+                raise TypeError
+            X = X.astype(np.float32)
         except (ValueError, TypeError):
             raise ValueError("must be a rectangular list of numbers (rows of equal length, no "
                              "strings or nulls)") from None

@@ -1,0 +1,252 @@
+"""The HTTP API through FastAPI's TestClient, with a tiny model made in a fixture."""
+import base64
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageDraw
+
+from app.main import create_app
+from app.settings import ROOT, Settings
+from model.network import Network
+from model.registry import set_active
+from model.weights import save_model
+
+TINY_SPEC = {"name": "tiny", "layers": [{"type": "dense", "n_in": 784, "n_out": 16}, {"type": "relu"},
+                                        {"type": "dense", "n_in": 16, "n_out": 10}]}
+
+
+@pytest.fixture
+def weights_dir(tmp_path):
+    network = Network(TINY_SPEC, np.random.default_rng(0))
+    save_model(tmp_path / "tiny.npz", network, {"version": "tiny-1", "preprocessing_version": 1,
+                                                "metrics": {"test_accuracy": 0.5}})
+    set_active(tmp_path, "tiny.npz")
+    return tmp_path
+
+
+@pytest.fixture
+def client(weights_dir):
+    settings = Settings(weights_dir=weights_dir, static_dir=ROOT / "static",
+                        max_image_pixels=1_000_000)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def png_data_url(size=(280, 280), mode="RGB", background="white", ink="black", fmt="PNG", draw=True):
+    img = Image.new(mode, size, background)
+    if draw:
+        ImageDraw.Draw(img).line([(size[0] // 2, size[1] // 5), (size[0] // 2, 4 * size[1] // 5)],
+                                 fill=ink, width=max(2, size[0] // 15))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def assert_prediction(item):
+    assert set(item) == {"digit", "confidence", "probabilities", "model_version"}
+    assert len(item["probabilities"]) == 10
+    assert sum(item["probabilities"]) == pytest.approx(1.0, abs=1e-9)
+    assert item["digit"] == int(np.argmax(item["probabilities"]))
+    assert item["confidence"] == max(item["probabilities"])
+    assert item["model_version"] == "tiny-1"
+
+
+def test_healthz_answers_ok(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_model_describes_the_active_model(client):
+    response = client.get("/model")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["version"] == "tiny-1"
+    assert body["architecture"] == "tiny"
+    assert body["metrics"] == {"test_accuracy": 0.5}
+    assert body["spec"] == TINY_SPEC
+
+
+@pytest.mark.parametrize("body", [
+    {"pixels": [[0.0] * 28 for _ in range(14)] + [[1.0] * 28 for _ in range(14)]},
+    {"pixels": [0.5] * 784},
+    {"strokes": [[[10, 10], [10, 200]], [[40, 40]]]},
+    {"image": png_data_url()},
+    {"image": png_data_url().split(",", 1)[1]},  # plain base64, no data URL
+    {"image": png_data_url(fmt="JPEG")},
+    {"image": png_data_url(fmt="WEBP")},
+    {"image": png_data_url(mode="RGBA", background=(0, 0, 0, 0), ink=(0, 0, 0, 255))},
+    {"image": png_data_url(background="black", ink="white")},
+    {"image": png_data_url(background="white", ink="red")},
+    {"image": png_data_url(size=(17, 900))},
+], ids=["pixels-28x28", "pixels-784", "strokes", "png", "plain-base64", "jpeg", "webp", "transparent",
+        "inverted", "coloured", "odd-size"])
+def test_predict_accepts_every_input_form(client, body):
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json())
+
+
+def test_the_same_drawing_gives_the_same_answer_in_any_colour_scheme(client):
+    answers = [client.post("/predict", json={"image": png_data_url(background=bg, ink=ink)}).json()
+               for bg, ink in [("white", "black"), ("black", "white"), ("white", "blue")]]
+    assert answers[0]["probabilities"] == pytest.approx(answers[1]["probabilities"], abs=1e-3)
+    assert answers[0]["probabilities"] == pytest.approx(answers[2]["probabilities"], abs=1e-3)
+
+
+def test_a_batch_answers_one_prediction_per_item_in_order(client):
+    pixels = np.random.default_rng(1).random((5, 784)).round(3).tolist()
+    response = client.post("/predict", json={"pixels": pixels})
+    assert response.status_code == 200
+    batch = response.json()["predictions"]
+    assert len(batch) == 5
+    singles = [client.post("/predict", json={"pixels": p}).json() for p in pixels]
+    for item, single in zip(batch, singles):
+        assert_prediction(item)
+        assert item["probabilities"] == pytest.approx(single["probabilities"], abs=1e-6)
+
+
+def test_a_batch_of_28x28_pixels_and_a_batch_of_images_are_accepted(client):
+    response = client.post("/predict", json={"pixels": [[[0.0] * 28] * 28, [[1.0] * 28] * 28]})
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 2
+    response = client.post("/predict", json={"images": [png_data_url(), png_data_url(fmt="JPEG")]})
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 2
+
+
+def test_explain_returns_the_28x28_input_the_model_saw(client):
+    response = client.post("/predict", json={"strokes": [[[50, 10], [50, 300]]], "explain": True})
+    assert response.status_code == 200
+    seen = np.array(response.json()["input"])
+    assert seen.shape == (28, 28)
+    assert seen.max() == pytest.approx(1.0, abs=1e-3)
+    cols = np.nonzero(seen.sum(axis=0) > 0.5)[0]
+    assert cols.min() >= 11 and cols.max() <= 16  # a thin vertical line, centred
+
+
+def png_bytes_url(raw: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(raw).decode()
+
+
+def gif_data_url():
+    buf = io.BytesIO()
+    Image.new("L", (28, 28)).save(buf, "GIF")
+    return "data:image/gif;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+BAD_PAYLOADS = [
+    ({}, 422, "give exactly one of image, images, pixels, strokes (got none)"),
+    ({"pixels": [0.0] * 784, "strokes": [[[1, 1]]]}, 422,
+     "give exactly one of image, images, pixels, strokes (got pixels, strokes)"),
+    ({"pixels": [0.0] * 783}, 422, "pixels: has shape (783,); send 28x28, 784, Nx28x28 or Nx784"),
+    ({"pixels": [[0.0] * 28] * 27 + [[0.0] * 27]}, 422,
+     "pixels: must be a rectangular list of numbers (rows of equal length, no strings or nulls)"),
+    ({"pixels": ["a"] * 784}, 422,
+     "pixels: must be a rectangular list of numbers (rows of equal length, no strings or nulls)"),
+    ({"pixels": [None] * 784}, 422,
+     "pixels: must be a rectangular list of numbers (rows of equal length, no strings or nulls)"),
+    ({"pixels": [255.0] * 784}, 422,
+     "pixels: must be in [0, 1] (0 background, 1 ink); got values from 255 to 255. Divide 0-255 values by 255"),
+    ({"pixels": [-0.5] + [0.0] * 783}, 422,
+     "pixels: must be in [0, 1] (0 background, 1 ink); got values from -0.5 to 0. Divide 0-255 values by 255"),
+    ({"pixels": "zeros"}, 422,
+     "pixels: must be a list: 28x28 nested lists, 784 numbers, or a batch of those"),
+    ({"pixels": [[0] * 784] * 257}, 413, "pixels holds 257 images; the limit is 256"),
+    ({"images": [png_data_url(size=(28, 28))] * 65}, 413, "images holds 65 images; the limit is 64"),
+    ({"strokes": []}, 422, "the drawing is empty"),
+    ({"strokes": [[]]}, 422, "the drawing is empty"),
+    ({"strokes": [[[1, 2, 3]]]}, 422, "strokes.0.0: Tuple should have at most 2 items after validation, not 3"),
+    ({"image": png_data_url(draw=False)}, 422, "the drawing is empty"),
+    ({"image": "not base64!"}, 422, "the image is not valid base64 (Only base64 data is allowed)"),
+    ({"image": "data:image/png,abc"}, 422, "the data URL is not base64-encoded; send canvas.toDataURL() output"),
+    ({"image": ""}, 422, "the image is empty (0 bytes)"),
+    ({"image": png_bytes_url(b"hello, this is text")}, 422, "the data is not a PNG, JPEG or WebP image"),
+    ({"image": gif_data_url()}, 415, "the image is GIF; send PNG, JPEG or WebP"),
+    ({"images": [png_data_url(), "???"]}, 422, "images[1]: the image is not valid base64 (Only base64 data is allowed)"),
+    ({"images": []}, 422, "images: List should have at least 1 item after validation, not 0"),
+    ({"colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+]
+
+
+@pytest.mark.parametrize("body, status, detail", BAD_PAYLOADS)
+def test_bad_input_gets_a_clear_4xx(client, body, status, detail):
+    response = client.post("/predict", json=body)
+    assert response.status_code == status
+    assert response.json() == {"detail": detail}
+
+
+def test_truncated_png_is_refused_as_corrupt(client):
+    raw = base64.b64decode(png_data_url().split(",", 1)[1])
+    response = client.post("/predict", json={"image": png_bytes_url(raw[: len(raw) // 2])})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("the image is corrupt or truncated")
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(client):
+    # 5000x5000 single-colour PNG compresses to a few KB: a small body that would decode to 25 Mpx.
+    response = client.post("/predict", json={"image": png_data_url(size=(5000, 5000), mode="L", draw=False)})
+    assert response.status_code == 413
+    assert response.json() == {"detail": "the image is 5000x5000 pixels, over the limit of 1000000 pixels; "
+                                         "scale it down"}
+
+
+@pytest.mark.parametrize("content, detail", [
+    (b"{not json", "the body is not valid JSON (Expecting property name enclosed in double quotes); send a JSON object"),
+    (b'{"pixels": [NaN' + b", 0" * 783 + b"]}", "pixels: holds NaN or infinity; send numbers in [0, 1]"),
+    (b'{"pixels": [Infinity' + b", 0" * 783 + b"]}", "pixels: holds NaN or infinity; send numbers in [0, 1]"),
+    (b'{"strokes": [[[NaN, 1]]]}', "strokes.0.0.0: Input should be a finite number"),
+    (b"[1, 2]", "Input should be a valid dictionary or object to extract fields from"),
+])
+def test_malformed_json_and_non_finite_numbers_get_422(client, content, detail):
+    response = client.post("/predict", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json() == {"detail": detail}
+
+
+def test_a_body_over_the_limit_gets_413_with_or_without_content_length(client):
+    big = b'{"image": "' + b"A" * 1_100_000 + b'"}'
+    response = client.post("/predict", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {"detail": "the request body is over 1000000 bytes; send a smaller image or fewer items"}
+
+    def chunks():  # no Content-Length: the server must count what arrives
+        for _ in range(120):
+            yield b"A" * 10_000
+
+    response = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_too_many_stroke_points_get_413(weights_dir):
+    settings = Settings(weights_dir=weights_dir, static_dir=ROOT / "static", max_stroke_points=100)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/predict", json={"strokes": [[[i, i] for i in range(101)]]})
+    assert response.status_code == 413
+    assert response.json() == {"detail": "the strokes hold 101 points; the limit is 100"}
+
+
+def test_the_page_and_the_api_docs_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "<canvas" in page.text
+    docs = client.get("/openapi.json").json()
+    assert "/predict" in docs["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_the_app_refuses_to_start_without_weights(tmp_path):
+    app = create_app(Settings(weights_dir=tmp_path, static_dir=ROOT / "static"))
+    with pytest.raises(ValueError, match="no active model in"):
+        with TestClient(app):
+            pass
+
+
+def test_bad_configuration_fails_at_start_naming_the_setting(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="DIGITS_WEIGHTS_DIR="):
+        create_app(Settings(weights_dir=tmp_path / "missing", static_dir=ROOT / "static"))
+    monkeypatch.setenv("DIGITS_MAX_BODY_BYTES", "lots")
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        Settings()
