@@ -5,6 +5,8 @@ Decoding image files is not done here (the web layer turns bytes into arrays); t
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 PREPROCESSING_VERSION = 1
@@ -44,6 +46,7 @@ def to_ink(image: np.ndarray) -> np.ndarray:
     return np.abs(img - background).max(axis=2)
 
 
+@lru_cache(maxsize=512)
 def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights that average input cells over each output cell's span (antialiased resize)."""
     edges = np.linspace(0, n_in, n_out + 1)
@@ -59,9 +62,9 @@ def preprocess_ink(ink: np.ndarray) -> np.ndarray:
     peak = float(ink.max(initial=0.0))
     if peak < INK_FLOOR:
         raise EmptyDrawingError()
-    ink = ink / peak
-    rows, cols = np.nonzero(ink > INK_FLOOR / 2)
-    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    mask = ink > peak * INK_FLOOR / 2
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] / peak
     h, w = ink.shape
     scale = BOX / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))

@@ -1,0 +1,187 @@
+"""Load benchmark of the service: requests/s and p50/p99 latency per input kind, on loopback.
+
+Starts real `digits serve` processes (one worker by default), drives each endpoint from another process
+for a bounded time at a fixed concurrency, and prints figures against the GET /healthz baseline
+measured in the same run. wrk (Debian's package) is the load generator when installed; otherwise an
+async httpx client in a subprocess.
+
+    python benchmarks/serve_load.py [--duration 5] [--concurrency 16] [--workers 1]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(workers: int, blas_threads: int, weights_dir: Path):
+    """A real `digits serve` on a free loopback port; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "DIGITS_WEIGHTS_DIR": str(weights_dir), "DIGITS_BLAS_THREADS": str(blas_threads)}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers",
+                             str(workers), "--log-level", "warning"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def payloads() -> dict[str, dict | None]:
+    """Realistic bodies: what the page sends for a drawn '3' (strokes), its 280x280 canvas PNG, pixels."""
+    from PIL import Image, ImageDraw
+
+    t = np.linspace(0, 1, 60)
+    upper = np.stack([140 + 70 * np.sin(np.pi * t * 1.2 - 0.3), 60 + 45 * (1 - np.cos(np.pi * t))], 1)
+    lower = np.stack([140 + 80 * np.sin(np.pi * t * 1.2 - 0.3), 150 + 55 * (1 - np.cos(np.pi * t))], 1)
+    strokes = [upper.round(1).tolist(), lower.round(1).tolist()]
+    img = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    for stroke in strokes:
+        draw.line([tuple(p) for p in stroke], fill=(20, 20, 20, 255), width=18, joint="curve")
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    png = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    from model.preprocess import preprocess_strokes
+    pixels = np.round(preprocess_strokes(strokes), 3).tolist()
+    return {"healthz": None, "pixels": {"pixels": pixels}, "png": {"image": png}, "strokes": {"strokes": strokes}}
+
+
+def run_wrk(url: str, body: dict | None, duration: float, concurrency: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{max(1, round(duration))}s", "--latency"]
+        if body is not None:
+            (Path(tmp) / "body.json").write_text(json.dumps(body))
+            script = Path(tmp) / "post.lua"
+            script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                              f'wrk.body = io.open("{tmp}/body.json"):read("*a")\n')
+            args += ["-s", str(script), url + "/predict"]
+        else:
+            args.append(url + "/healthz")
+        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+
+    def latency_ms(label: str) -> float:
+        value, unit = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": latency_ms("50"), "p99": latency_ms("99"),
+            "failed": int(failed.group(1)) if failed else 0, "socket_errors": errors.group(0) if errors else ""}
+
+
+async def _httpx_load(url: str, body: dict | None, duration: float, concurrency: int) -> dict:
+    latencies, failed = [], 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        end = time.perf_counter() + duration
+
+        async def worker():
+            nonlocal failed
+            while time.perf_counter() < end:
+                start = time.perf_counter()
+                r = await (client.get("/healthz") if body is None else client.post("/predict", json=body))
+                latencies.append(time.perf_counter() - start)
+                failed += r.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    q = np.percentile(np.array(latencies) * 1e3, [50, 99])
+    return {"rps": len(latencies) / elapsed, "p50": float(q[0]), "p99": float(q[1]), "failed": failed,
+            "socket_errors": ""}
+
+
+def run_httpx(url: str, body: dict | None, duration: float, concurrency: int) -> dict:
+    """The fallback client, in its own process so it does not share the server's interpreter."""
+    code = ("import asyncio, json, sys; sys.path.insert(0, %r); from benchmarks.serve_load import _httpx_load; "
+            "print(json.dumps(asyncio.run(_httpx_load(*json.loads(sys.stdin.read())))))" % str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps([url, body, duration, concurrency]),
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def measure(url: str, body, duration: float, concurrency: int, client: str) -> dict:
+    runner = run_wrk if client == "wrk" else run_httpx
+    runner(url, body, min(1.0, duration), concurrency)  # warm-up
+    return runner(url, body, duration, concurrency)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
+    parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
+    args = parser.parse_args()
+    bodies = payloads()
+    print(f"digits serve, {args.workers} worker(s), concurrency {args.concurrency}, {args.duration:g} s each, "
+          f"client {args.client}, {os.cpu_count()} CPUs")
+    results = {}
+    with server(args.workers, 1, args.weights_dir) as url:
+        for name, body in bodies.items():
+            results[name] = measure(url, body, args.duration, args.concurrency, args.client)
+    base = results["healthz"]["rps"]
+    print(f"\n{'input':<10}{'req/s':>10}{'vs healthz':>12}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}   target")
+    targets = {"healthz": None, "pixels": 0.60, "png": 0.15, "strokes": 0.15}
+    ok = True
+    for name, r in results.items():
+        ratio = r["rps"] / base
+        target = targets[name]
+        met = (target is None or ratio >= target) and r["p99"] < 50 and r["failed"] == 0
+        ok &= met
+        goal = "baseline, p99 < 50 ms" if target is None else f">= {target:.0%} of healthz, p99 < 50 ms"
+        print(f"{name:<10}{r['rps']:>10,.0f}{ratio:>11.0%} {r['p50']:>9.2f}{r['p99']:>9.2f}{r['failed']:>8}   "
+              f"{goal}: {'met' if met else 'MISSED'} {r['socket_errors']}")
+
+    # Why BLAS is pinned to one thread per process: the same pixels load with BLAS free to use every core.
+    with server(args.workers, os.cpu_count() or 1, args.weights_dir) as url:
+        unpinned = measure(url, bodies["pixels"], args.duration, args.concurrency, args.client)
+    print(f"\npixels with BLAS threads = {os.cpu_count()} per process (not what ships): "
+          f"{unpinned['rps']:,.0f} req/s, p99 {unpinned['p99']:.2f} ms; pinned to 1: "
+          f"{results['pixels']['rps']:,.0f} req/s ({results['pixels']['rps'] / max(unpinned['rps'], 1e-9):.1f}x)")
+    print(f"\nall targets {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Every shipped model's claimed test accuracy is what it really scores on the MNIST test set."""
+from pathlib import Path
+
+import pytest
+
+from model.data import SHA256, load_split
+from model.registry import active_path
+from model.weights import load_model
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED = sorted(WEIGHTS.glob("*.npz"))
+
+
+def test_a_model_is_shipped_and_active():
+    assert SHIPPED, "weights/ holds no .npz"
+    assert active_path(WEIGHTS) in SHIPPED
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_model_scores_exactly_its_recorded_test_accuracy(path, mnist_dir):
+    checksums = {}
+    X, y = load_split(mnist_dir, "t10k", checksums)
+    model = load_model(path)
+    n_correct = int((model.network.predict(X) == y).sum())
+    metrics = model.meta["metrics"]
+    assert n_correct == round(metrics["test_accuracy"] * len(y)), f"{path.name}: {n_correct}/{len(y)}"
+    assert model.meta["data_checksums"]["t10k-images-idx3-ubyte"] == SHA256["t10k-images-idx3-ubyte"]
+
+
+def test_the_shipped_default_reaches_the_seed_target():
+    meta = load_model(active_path(WEIGHTS)).meta
+    assert meta["metrics"]["test_accuracy"] >= 0.979
