@@ -56,9 +56,9 @@ def cmd_train(args) -> int:
 
     recipe = Recipe(architecture=args.arch, epochs=args.epochs, batch_size=args.batch_size,
                     learning_rate=args.learning_rate, lr_decay=args.lr_decay, momentum=args.momentum,
-                    l2=args.l2, seed=args.seed)
+                    l2=args.l2, seed=args.seed, augment=args.augment, validation_size=args.validation_size)
     recipe.validate()
-    data = load_mnist(resolve_data_dir(args.data_dir))
+    data = load_mnist(resolve_data_dir(args.data_dir), validation_size=recipe.validation_size)
     bar = tqdm(total=recipe.epochs, unit="epoch", desc=f"train {recipe.architecture}")
 
     def on_progress(p) -> None:
@@ -71,7 +71,7 @@ def cmd_train(args) -> int:
         bar.set_postfix(postfix, refresh=True)
 
     out = Path(args.out) if args.out else None
-    tmp_out = out or Path(args.weights_dir) / "training.npz"
+    tmp_out = out or Path(args.weights_dir) / f".training-{os.getpid()}.npz"
     meta = train_and_save(recipe, data, tmp_out, on_progress)
     bar.close()
     if out is None:
@@ -100,12 +100,13 @@ def cmd_evaluate(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from app.main import load_active_model
     from app.settings import Settings
+    from model.registry import active_path
+    from model.weights import load_model
 
     settings = Settings()
     settings.check_paths()
-    load_active_model(settings)  # refuse to start, with the reason, before uvicorn forks workers
+    load_model(active_path(settings.weights_dir))  # refuse to start, with the reason, before forking workers
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level=args.log_level)
     return 0
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--momentum", type=float, default=d.momentum)
     train.add_argument("--l2", type=float, default=d.l2)
     train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--augment", action="store_true", help="random affine distortions of every batch")
+    train.add_argument("--validation-size", type=int, default=d.validation_size,
+                       help="training images held out to choose the epoch")
     train.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
     train.add_argument("--weights-dir", default="weights", help="where the versioned file goes")
     train.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")

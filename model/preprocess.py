@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2  # 2: centre of mass at (14, 14), as MNIST has it
 SIZE, BOX = 28, 20  # MNIST: digits scaled into a 20x20 box, centred by mass in 28x28
 INK_FLOOR = 0.1     # a drawing whose strongest ink is fainter than this is empty
 STROKE_WIDTH = 0.12  # pen width as a fraction of the drawing's longest side, MNIST-like
@@ -35,6 +35,8 @@ def to_ink(image: np.ndarray) -> np.ndarray:
         img = img[:, :, None]
     if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
         raise ValueError(f"expected a (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
+    if img.size == 0:
+        raise EmptyDrawingError()
     img = img.astype(np.float32) / 255.0
     if img.shape[2] == 4:
         alpha = img[:, :, 3]
@@ -73,8 +75,10 @@ def preprocess_ink(ink: np.ndarray) -> np.ndarray:
     total = small.sum()
     cy = float((small.sum(axis=1) * np.arange(new_h)).sum() / total)
     cx = float((small.sum(axis=0) * np.arange(new_w)).sum() / total)
-    top = int(np.clip(round(SIZE / 2 - 0.5 - cy), 0, SIZE - new_h))
-    left = int(np.clip(round(SIZE / 2 - 0.5 - cx), 0, SIZE - new_w))
+    # MNIST's centre of mass sits at (14, 14) in pixel-index coordinates (measured: 13.99, 14.01)
+    # (rounding half up, not Python's half-to-even, so equal drawings always land alike)
+    top = int(np.clip(np.floor(SIZE / 2 - cy + 0.5), 0, SIZE - new_h))
+    left = int(np.clip(np.floor(SIZE / 2 - cx + 0.5), 0, SIZE - new_w))
     out = np.zeros((SIZE, SIZE), dtype=np.float32)
     out[top:top + new_h, left:left + new_w] = small
     return out

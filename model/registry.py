@@ -21,7 +21,7 @@ def active_path(weights_dir: Path) -> Path:
         raise WeightsError(f"no active model in {weights_dir} (no {ACTIVE_FILE} file); "
                            f"run `digits train --activate` or copy the shipped weights there")
     name = marker.read_text().strip()
-    if not name or "/" in name or name.startswith("."):
+    if not _plain_name(name):
         raise WeightsError(f"{marker} names {name!r}, not a weights file in {weights_dir}")
     path = weights_dir / name
     if not path.is_file():
@@ -29,9 +29,16 @@ def active_path(weights_dir: Path) -> Path:
     return path
 
 
+def _plain_name(name: str) -> bool:
+    """ACTIVE may only name a plain file inside the folder: no paths, no hidden temporaries."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
 def set_active(weights_dir: Path, filename: str) -> None:
     """Point ACTIVE at `filename` (which must be a readable weights file in the folder), atomically."""
     weights_dir = Path(weights_dir)
+    if not _plain_name(filename):
+        raise WeightsError(f"{filename!r} is not the name of a weights file in {weights_dir}")
     read_meta(weights_dir / filename)
     fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".ACTIVE-", suffix=".tmp")
     try:

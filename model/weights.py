@@ -57,10 +57,10 @@ def save_model(path: Path, network: Network, meta: dict) -> dict:
     arrays = network.parameters()
     created = datetime.now(timezone.utc).replace(microsecond=0)
     full_meta = {
-        "format_version": FORMAT_VERSION,
-        "architecture": network.spec,
         "created_at": created.isoformat(),
         **meta,
+        "format_version": FORMAT_VERSION,
+        "architecture": network.spec,
     }
     full_meta.setdefault("version", make_version(network.name, arrays, created))
     for key in REQUIRED_META:
@@ -85,12 +85,20 @@ def read_meta(path: Path) -> dict:
     """Only the metadata of a weights file (cheap: the arrays are not read)."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with _open_npz(path) as npz:
             return _parse_meta(npz, path)
     except WeightsError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise WeightsError(f"{path}: not a readable weights file ({exc})") from exc
+
+
+def _open_npz(path: Path):
+    """np.load that accepts only an .npz archive (a bare .npy array is not a weights file)."""
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise WeightsError(f"{path}: a single array, not an .npz archive of weights")
+    return loaded
 
 
 def _parse_meta(npz, path: Path) -> dict:
@@ -116,7 +124,7 @@ def load_model(path: Path) -> Model:
     if not path.is_file():
         raise WeightsError(f"no weights file at {path}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with _open_npz(path) as npz:
             meta = _parse_meta(npz, path)
             arrays = {key: npz[key] for key in npz.files if key != META_KEY}
         network = Network(meta["architecture"])

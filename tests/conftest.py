@@ -1,0 +1,84 @@
+"""Shared fixtures: a seeded generator, the real MNIST folder, and tiny weights files.
+
+Real MNIST comes from $DIGITS_DATA_DIR, else `../shared/mnist` next to the repository. Without it the
+tests that need it skip, except under CI (any `CI` variable), where a missing data set is a failure.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.data import FILES, DataError, Dataset, find_file, load_mnist
+from model.network import Network
+from model.preprocess import PREPROCESSING_VERSION
+from model.weights import save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 784 -> 8 ReLU -> 10: the smallest network that reads MNIST-shaped input.
+TINY_SPEC = {"name": "tiny", "layers": [
+    {"type": "dense", "n_in": 784, "n_out": 8},
+    {"type": "relu"},
+    {"type": "dense", "n_in": 8, "n_out": 10},
+]}
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The folder holding the four real MNIST files (raw or .gz)."""
+    data_dir = Path(os.environ.get("DIGITS_DATA_DIR") or ROOT.parent / "shared" / "mnist")
+    try:
+        for stem in FILES.values():
+            find_file(data_dir, stem)
+    except DataError as exc:
+        message = f"real MNIST is needed for this test: {exc}; or set DIGITS_DATA_DIR"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir) -> Dataset:
+    """Real MNIST, loaded once: 50k train, 10k validation, 10k test. The arrays are read-only, so a test
+    (or code under test) that writes into them fails instead of corrupting the data for later tests."""
+    dataset = load_mnist(mnist_dir)
+    for array in (dataset.X_train, dataset.y_train, dataset.X_val, dataset.y_val, dataset.X_test, dataset.y_test):
+        array.setflags(write=False)
+    return dataset
+
+
+def make_tiny_network(seed: int = 0) -> Network:
+    return Network(TINY_SPEC, np.random.default_rng(seed))
+
+
+def save_tiny_model(path: Path, seed: int = 0, **meta) -> Path:
+    """Write a tiny (untrained) model with valid metadata to `path`; returns `path`."""
+    save_model(path, make_tiny_network(seed), {"preprocessing_version": PREPROCESSING_VERSION, "seed": seed, **meta})
+    return Path(path)
+
+
+@pytest.fixture
+def tiny_network() -> Network:
+    """The tiny network, seeded: 784 -> 8 ReLU -> 10."""
+    return make_tiny_network()
+
+
+@pytest.fixture
+def write_tiny_model():
+    """`write_tiny_model(path, seed=0, **meta) -> path`: save a tiny, untrained model with valid metadata."""
+    return save_tiny_model
+
+
+@pytest.fixture
+def tiny_weights_path(tmp_path) -> Path:
+    """A valid weights file of the tiny network, alone in tmp_path/weights."""
+    return save_tiny_model(tmp_path / "weights" / "tiny.npz")

@@ -1,0 +1,145 @@
+"""The `digits` command through `app.cli.main`: `evaluate` on the real test set, `train` on a small
+data set, and the exit status and message for bad input."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from model.data import Dataset
+from model.registry import active_path
+from model.weights import load_model, read_meta
+
+TRAIN_FLAGS = ["--epochs", "1", "--batch-size", "50", "--seed", "4"]
+
+
+@pytest.fixture
+def small_dataset(monkeypatch):
+    """Make `digits train` load a small random data set; each call's folder and validation size are recorded."""
+    rng = np.random.default_rng(0)
+
+    def part(n):
+        return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)
+
+    dataset = Dataset(*part(200), *part(50), *part(50), checksums={"fake": "0" * 64})
+    asked = []
+
+    def load_mnist(data_dir, validation_size=10_000):
+        asked.append((str(data_dir), validation_size))
+        return dataset
+
+    monkeypatch.setattr("model.data.load_mnist", load_mnist)
+    return asked
+
+
+def test_evaluate_prints_accuracy_per_class_and_the_confusion_matrix(tiny_weights_path, mnist_dir, mnist, capsys):
+    assert main(["evaluate", str(tiny_weights_path), "--data-dir", str(mnist_dir)]) == 0
+    out = capsys.readouterr().out
+    model = load_model(tiny_weights_path)
+    predicted, y = model.network.predict(mnist.X_test), mnist.y_test
+    confusion = np.array([[np.sum((y == true) & (predicted == guess)) for guess in range(10)] for true in range(10)])
+    n_right = int((predicted == y).sum())
+    assert out.startswith(f"{model.version} on the MNIST test set: test accuracy "
+                          f"{n_right / 100:.2f}% ({n_right}/10000)\n")
+    for digit in range(10):
+        n_digit = int((y == digit).sum())
+        assert re.search(rf"^  {digit}: +{100 * confusion[digit, digit] / n_digit:.2f}%  \(n={n_digit}\)$", out, re.M)
+    rows = out.split("confusion matrix (rows: true digit, columns: predicted):\n")[1].splitlines()
+    assert rows[0].split() == [str(d) for d in range(10)]
+    printed = np.array([[int(v) for v in row.split()] for row in rows[1:11]])
+    np.testing.assert_array_equal(printed[:, 0], np.arange(10))
+    np.testing.assert_array_equal(printed[:, 1:], confusion)
+
+
+@pytest.mark.parametrize("make_path, message", [
+    (lambda tmp_path: tmp_path / "missing.npz", "no weights file at {path}"),
+    (lambda tmp_path: tmp_path, "no weights file at {path}"),
+], ids=["missing-file", "a-folder"])
+def test_evaluate_with_a_bad_weights_path_exits_2_naming_it(tmp_path, capsys, make_path, message):
+    path = make_path(tmp_path)
+    assert main(["evaluate", str(path), "--data-dir", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"digits: error: {message.format(path=path)}\n"
+
+
+def test_evaluate_with_a_corrupt_weights_file_exits_2(tiny_weights_path, capsys):
+    tiny_weights_path.write_bytes(b"PK\x03\x04 not really")
+    assert main(["evaluate", str(tiny_weights_path), "--data-dir", str(tiny_weights_path.parent)]) == 2
+    assert capsys.readouterr().err.startswith(f"digits: error: {tiny_weights_path}: ")
+
+
+def test_evaluate_without_mnist_exits_2_saying_how_to_fetch_it(tiny_weights_path, tmp_path, capsys):
+    empty = tmp_path / "no-data"
+    assert main(["evaluate", str(tiny_weights_path), "--data-dir", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("digits: error: t10k-images-idx3-ubyte(.gz) not found in")
+    assert f"digits data fetch --data-dir {empty}" in err
+
+
+def test_the_data_folder_comes_from_digits_data_dir_when_no_flag_is_given(tiny_weights_path, tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.setenv("DIGITS_DATA_DIR", str(tmp_path / "from-env"))
+    assert main(["evaluate", str(tiny_weights_path)]) == 2
+    assert f"not found in {tmp_path / 'from-env'}" in capsys.readouterr().err
+
+
+def test_train_writes_a_versioned_file_and_reports_it(small_dataset, tmp_path, capsys):
+    assert main(["train", *TRAIN_FLAGS, "--weights-dir", str(tmp_path), "--data-dir", "/somewhere",
+                 "--validation-size", "5000"]) == 0
+    out = capsys.readouterr().out
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and files[0].startswith("seed-") and files[0].endswith(".npz")
+    meta = read_meta(tmp_path / files[0])
+    assert meta["version"] == files[0].removesuffix(".npz")
+    assert meta["recipe"]["epochs"] == 1 and meta["recipe"]["batch_size"] == 50 and meta["seed"] == 4
+    assert re.match(r"epoch 1/1: loss [\d.]+, val [\d.]+%, [\d,]+ samples/s\n", out)
+    assert f"\nsaved {tmp_path / files[0]}\n  version {meta['version']}\n" in out
+    assert f"test {100 * meta['metrics']['test_accuracy']:.2f}%" in out
+    assert small_dataset == [("/somewhere", 5000)]
+    assert meta["recipe"]["validation_size"] == 5000
+    assert not (tmp_path / "ACTIVE").exists()
+
+
+def test_train_with_out_and_activate_writes_there_and_makes_it_active(small_dataset, tmp_path, capsys):
+    out_path = tmp_path / "models" / "mine.npz"
+    assert main(["train", *TRAIN_FLAGS, "--out", str(out_path), "--activate"]) == 0
+    assert active_path(tmp_path / "models") == out_path
+    assert sorted(p.name for p in out_path.parent.iterdir()) == ["ACTIVE", "mine.npz"]
+    assert f"now the active model of {out_path.parent}" in capsys.readouterr().out
+
+
+def test_train_twice_with_the_same_seed_gives_the_same_weights(small_dataset, tmp_path):
+    for name in ("a.npz", "b.npz"):
+        assert main(["train", *TRAIN_FLAGS, "--out", str(tmp_path / name)]) == 0
+    a, b = load_model(tmp_path / "a.npz"), load_model(tmp_path / "b.npz")
+    for key, P in a.network.parameters().items():
+        np.testing.assert_array_equal(P, b.network.parameters()[key])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--learning-rate", "-1"], "learning_rate must be positive"),
+    (["--momentum", "1"], r"momentum must be in [0, 1)"),
+    (["--validation-size", "60000"], r"validation_size must be in [0, 60000)"),
+])
+def test_train_with_a_bad_setting_exits_2_before_loading_data(small_dataset, tmp_path, capsys, flags, message):
+    assert main(["train", *flags, "--weights-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"digits: error: {message}\n"
+    assert small_dataset == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["train", "--arch", "resnet"],
+    ["train", "--epochs", "two"],
+    ["evaluate"],
+    ["fly"],
+], ids=["no-command", "unknown-arch", "non-integer", "no-path", "unknown-command"])
+def test_a_usage_error_exits_2_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage: digits" in capsys.readouterr().err

@@ -1,0 +1,184 @@
+"""model.layers and model.optim: gradients against central differences, softmax stability, SGD arithmetic."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.layers import Dense, ReLU, SoftmaxCrossEntropy, build_layer, softmax
+from model.optim import SGD
+
+N, D, H, C = 4, 5, 8, 10
+EPS = 1e-6
+
+
+def numerical_gradient(f, x: np.ndarray) -> np.ndarray:
+    """Central differences of the scalar f() with respect to every entry of x (float64, changed in place)."""
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        saved = x[i]
+        x[i] = saved + EPS
+        plus = f()
+        x[i] = saved - EPS
+        minus = f()
+        x[i] = saved
+        grad[i] = (plus - minus) / (2 * EPS)
+    return grad
+
+
+def as_float64(layer: Dense) -> Dense:
+    """The same layer computing in float64, so finite differences are exact enough to compare."""
+    for key in layer.params:
+        layer.params[key] = layer.params[key].astype(np.float64)
+        layer.grads[key] = np.zeros_like(layer.params[key])
+    return layer
+
+
+def test_dense_gradients_match_central_differences(rng):
+    dense = as_float64(Dense(D, H, rng))
+    dense.params["b"][:] = rng.standard_normal(H)  # nonzero, so a wrong db would show
+    X = rng.standard_normal((N, D))
+    R = rng.standard_normal((N, H))  # loss = sum(Z * R), so dZ = R
+
+    def loss():
+        return float((dense.forward(X) * R).sum())
+
+    dense.forward(X, training=True)
+    dX = dense.backward(R.copy())
+    np.testing.assert_allclose(dX, numerical_gradient(loss, X), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(dense.grads["W"], numerical_gradient(loss, dense.params["W"]), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(dense.grads["b"], numerical_gradient(loss, dense.params["b"]), rtol=1e-6, atol=1e-9)
+
+
+def test_dense_forward_is_X_at_W_plus_b(rng):
+    dense = Dense(D, H, rng)
+    X = rng.standard_normal((N, D)).astype(np.float32)
+    np.testing.assert_allclose(dense.forward(X), X @ dense.params["W"] + dense.params["b"], rtol=1e-6)
+    assert dense.forward(X).shape == (N, H)
+
+
+def test_dense_is_he_initialised_with_zero_bias():
+    dense = Dense(784, 1024, np.random.default_rng(0))
+    assert dense.params["W"].dtype == np.float32
+    assert dense.params["W"].std() == pytest.approx(np.sqrt(2 / 784), rel=0.01)
+    assert not dense.params["b"].any()
+
+
+def test_relu_gradient_matches_central_differences(rng):
+    X = rng.standard_normal((N, H))
+    X += np.sign(X) * 0.1  # keep every input away from the kink at 0
+    R = rng.standard_normal((N, H))
+    relu = ReLU()
+
+    def loss():
+        return float((relu.forward(X.copy()) * R).sum())  # forward works in place: give it a copy
+
+    relu.forward(X.copy(), training=True)
+    dX = relu.backward(R.copy())
+    np.testing.assert_allclose(dX, numerical_gradient(loss, X), rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(dX, R * (X > 0))
+
+
+def test_softmax_cross_entropy_gradient_matches_central_differences(rng):
+    logits = rng.standard_normal((N, C)) * 3
+    y = rng.integers(0, C, N)
+    loss_fn = SoftmaxCrossEntropy()
+    loss_fn.forward(logits, y)
+    dlogits = loss_fn.backward()
+    numeric = numerical_gradient(lambda: loss_fn.forward(logits, y), logits)
+    np.testing.assert_allclose(dlogits, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_softmax_cross_entropy_is_the_mean_negative_log_probability(rng):
+    logits = rng.standard_normal((N, C))
+    y = rng.integers(0, C, N)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    expected = -np.log(probs[np.arange(N), y]).mean()
+    assert SoftmaxCrossEntropy().forward(logits, y) == pytest.approx(expected, rel=1e-12)
+
+
+def test_softmax_rows_are_probabilities(rng):
+    probs = softmax(rng.standard_normal((N, C)).astype(np.float32))
+    assert probs.shape == (N, C)
+    assert (probs > 0).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
+
+
+def test_softmax_is_stable_for_huge_logits():
+    Z = np.array([[1e38, -1e38, 0.0, 1e38],
+                  [3e4, 3e4 - 1, 0.0, -3e4],
+                  [-1e30, -1e30, -1e30, -1e30]], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise"):  # no overflow, no NaN
+        probs = softmax(Z)
+    assert not np.isnan(probs).any()
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(probs[0], [0.5, 0, 0, 0.5])
+    np.testing.assert_allclose(probs[2], 0.25)
+    assert probs[1, 0] == pytest.approx(1 / (1 + np.exp(-1)), rel=1e-5)
+
+
+def test_cross_entropy_of_a_confidently_wrong_prediction_is_large_but_finite():
+    loss = SoftmaxCrossEntropy().forward(np.array([[1e4, -1e4]], dtype=np.float32), np.array([1]))
+    assert np.isfinite(loss) and loss > 80
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"type": "conv"}, "unknown layer type 'conv'"),
+    ({}, "unknown layer type None"),
+    ({"type": "dense", "n_in": 0, "n_out": 3}, "positive integer 'n_in'"),
+    ({"type": "dense", "n_in": 3, "n_out": -1}, "positive integer 'n_out'"),
+    ({"type": "dense", "n_in": "3", "n_out": 3}, "positive integer 'n_in'"),
+    ({"type": "dense", "n_in": 3.0, "n_out": 3}, "positive integer 'n_in'"),
+    ({"type": "dense", "n_in": 3}, "positive integer 'n_out'"),
+])
+def test_build_layer_rejects_bad_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        build_layer(spec)
+
+
+@pytest.mark.parametrize("layer", [Dense(3, 2), ReLU()], ids=["dense", "relu"])
+def test_a_layer_rebuilds_from_its_spec(layer):
+    rebuilt = build_layer(layer.spec())
+    assert type(rebuilt) is type(layer) and rebuilt.spec() == layer.spec()
+
+
+# --- SGD -------------------------------------------------------------------------------------------
+
+def sgd_run(optimizer: SGD, grads: list[list[float]], start=(1.0, -2.0)) -> np.ndarray:
+    params = {"w": np.array(start, dtype=np.float32)}
+    for g in grads:
+        optimizer.step(params, {"w": np.array(g, dtype=np.float32)})
+    return params["w"]
+
+
+def test_plain_sgd_subtracts_learning_rate_times_gradient():
+    np.testing.assert_allclose(sgd_run(SGD(0.1), [[0.5, 0.25]]), [0.95, -2.025], rtol=1e-6)
+
+
+def test_momentum_sgd_accumulates_velocity():
+    # v1 = g1 = (1, -1); p1 = p0 - 0.1 v1 = (0.9, -1.9)
+    # v2 = 0.9 v1 + g2 = (0.9 + 0.5, -0.9 + 0.5) = (1.4, -0.4); p2 = p1 - 0.1 v2 = (0.76, -1.86)
+    np.testing.assert_allclose(sgd_run(SGD(0.1, momentum=0.9), [[1, -1], [0.5, 0.5]]), [0.76, -1.86], rtol=1e-6)
+
+
+def test_nesterov_sgd_looks_ahead_along_the_velocity():
+    # v1 = g1 = (1, -1); step g1 + 0.9 v1 = (1.9, -1.9); p1 = (0.81, -1.81)
+    # v2 = 0.9 v1 + g2 = (1.4, -0.4); step g2 + 0.9 v2 = (1.76, 0.14); p2 = (0.634, -1.824)
+    result = sgd_run(SGD(0.1, momentum=0.9, nesterov=True), [[1, -1], [0.5, 0.5]])
+    np.testing.assert_allclose(result, [0.634, -1.824], rtol=1e-6)
+
+
+def test_sgd_updates_parameters_in_place():
+    P = np.ones(3, dtype=np.float32)
+    SGD(1.0).step({"p": P}, {"p": np.full(3, 0.5, dtype=np.float32)})
+    np.testing.assert_array_equal(P, 0.5)
+
+
+@pytest.mark.parametrize("learning_rate, momentum, message", [
+    (0.0, 0.0, "learning_rate must be positive"),
+    (-0.1, 0.0, "learning_rate must be positive"),
+    (0.1, 1.0, r"momentum must be in \[0, 1\)"),
+    (0.1, -0.5, r"momentum must be in \[0, 1\)"),
+])
+def test_sgd_rejects_bad_hyperparameters(learning_rate, momentum, message):
+    with pytest.raises(ValueError, match=message):
+        SGD(learning_rate, momentum)

@@ -1,0 +1,198 @@
+"""model.network: the whole network's gradients with L2, probabilities, parameters and architectures."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.layers import Dense
+from model.network import ARCHITECTURES, Network, architecture_spec
+
+N, D, H, C = 4, 6, 8, 10
+EPS = 1e-6
+SMALL_SPEC = {"name": "small", "layers": [
+    {"type": "dense", "n_in": D, "n_out": H},
+    {"type": "relu"},
+    {"type": "dense", "n_in": H, "n_out": C},
+]}
+
+
+def to_float64(network: Network) -> Network:
+    for layer in network.layers:
+        for key in layer.params:
+            layer.params[key] = layer.params[key].astype(np.float64)
+            layer.grads[key] = np.zeros_like(layer.params[key])
+    return network
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_network_gradients_with_l2_match_central_differences(rng, l2):
+    network = to_float64(Network(SMALL_SPEC, rng))
+    for key, P in network.parameters().items():
+        if key.endswith(".b"):
+            P[:] = rng.standard_normal(P.shape) * 0.1
+    X = rng.standard_normal((N, D))
+    y = rng.integers(0, C, N)
+    network.loss_and_gradients(X, y, l2)
+    analytic = {key: G.copy() for key, G in network.gradients().items()}
+    for key, P in network.parameters().items():
+        numeric = np.zeros_like(P)
+        for i in np.ndindex(P.shape):
+            saved = P[i]
+            P[i] = saved + EPS
+            plus = network.loss_and_gradients(X, y, l2)
+            P[i] = saved - EPS
+            minus = network.loss_and_gradients(X, y, l2)
+            P[i] = saved
+            numeric[i] = (plus - minus) / (2 * EPS)
+        np.testing.assert_allclose(analytic[key], numeric, rtol=1e-5, atol=1e-8, err_msg=key)
+
+
+def test_float32_gradients_agree_with_float64_ones(rng):
+    X = rng.standard_normal((N, D)).astype(np.float32)
+    y = rng.integers(0, C, N)
+    network32 = Network(SMALL_SPEC, np.random.default_rng(1))
+    network64 = to_float64(Network(SMALL_SPEC, np.random.default_rng(1)))
+    loss32 = network32.loss_and_gradients(X, y, 0.1)
+    loss64 = network64.loss_and_gradients(X.astype(np.float64), y, 0.1)
+    assert loss32 == pytest.approx(loss64, rel=1e-5)
+    for key, G in network32.gradients().items():
+        assert G.dtype == np.float32
+        np.testing.assert_allclose(G, network64.gradients()[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_l2_penalises_weights_but_not_biases(rng):
+    network = Network(SMALL_SPEC, rng)
+    X, y = rng.standard_normal((N, D)).astype(np.float32), rng.integers(0, C, N)
+    plain = network.loss_and_gradients(X, y, 0.0)
+    grads_plain = {k: g.copy() for k, g in network.gradients().items()}
+    penalised = network.loss_and_gradients(X, y, 0.5)
+    W_sq = sum(float((network.parameters()[k] ** 2).sum()) for k in ("0.W", "2.W"))
+    assert penalised == pytest.approx(plain + 0.25 * W_sq, rel=1e-5)
+    assert network.weight_keys() == ["0.W", "2.W"]
+    for key in ("0.b", "2.b"):
+        np.testing.assert_array_equal(network.gradients()[key], grads_plain[key])
+
+
+def test_the_first_dense_layer_returns_no_input_gradient(rng):
+    network = Network(SMALL_SPEC, rng)
+    first, second = network.layers[0], network.layers[2]
+    assert first.needs_input_grad is False and second.needs_input_grad is True
+    X = rng.standard_normal((N, D)).astype(np.float32)
+    network.forward(X, training=True)
+    assert first.backward(np.ones((N, H), dtype=np.float32)) is None
+    assert first.grads["W"].any()
+
+
+def test_a_network_starting_with_relu_still_back_propagates_into_its_dense_layer(rng):
+    spec = {"layers": [{"type": "relu"}, {"type": "dense", "n_in": D, "n_out": C}]}
+    network = Network(spec, rng)
+    assert network.layers[1].needs_input_grad is True
+    assert network.name == "custom"
+
+
+def test_predict_proba_gives_one_probability_row_per_input(tiny_network, rng):
+    X = rng.random((7, 784), dtype=np.float32)
+    probs = tiny_network.predict_proba(X)
+    assert probs.shape == (7, 10) and probs.dtype == np.float32
+    assert (probs >= 0).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(tiny_network.predict(X), probs.argmax(axis=1))
+
+
+def test_predict_proba_is_the_same_in_any_batch_size_and_for_28x28_input(tiny_network, rng):
+    X = rng.random((7, 784), dtype=np.float32)
+    whole = tiny_network.predict_proba(X)
+    np.testing.assert_allclose(tiny_network.predict_proba(X, batch_size=3), whole, rtol=1e-6)
+    np.testing.assert_allclose(tiny_network.predict_proba(X.reshape(7, 28, 28)), whole, rtol=1e-6)
+    np.testing.assert_allclose(tiny_network.predict_proba(X[2]), whole[2:3], rtol=1e-6)
+
+
+def test_predict_proba_leaves_its_input_unchanged(tiny_network, rng):
+    X = rng.standard_normal((5, 784)).astype(np.float32)
+    before = X.copy()
+    tiny_network.predict_proba(X)
+    np.testing.assert_array_equal(X, before)
+
+
+def test_parameters_are_keyed_by_layer_index_and_attribute(tiny_network):
+    shapes = {key: P.shape for key, P in tiny_network.parameters().items()}
+    assert shapes == {"0.W": (784, 8), "0.b": (8,), "2.W": (8, 10), "2.b": (10,)}
+
+
+def test_set_parameters_copies_the_values_in(tiny_network, rng):
+    new = {key: rng.standard_normal(P.shape).astype(np.float32) for key, P in tiny_network.parameters().items()}
+    tiny_network.set_parameters(new)
+    for key, P in tiny_network.parameters().items():
+        np.testing.assert_array_equal(P, new[key])
+        assert P is not new[key]
+
+
+def good_arrays(network: Network) -> dict:
+    return {key: P.copy() for key, P in network.parameters().items()}
+
+
+def drop(arrays, key):
+    del arrays[key]
+    return arrays
+
+
+def put(arrays, key, value):
+    arrays[key] = value
+    return arrays
+
+
+def poison(arrays, key, value):
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[3] = value
+    return arrays
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: drop(a, "2.b"), r"missing \['2.b'\], unexpected \[\]"),
+    (lambda a: put(a, "4.W", np.zeros((2, 2), np.float32)), r"missing \[\], unexpected \['4.W'\]"),
+    (lambda a: put(a, "0.W", np.zeros((8, 784), np.float32)),
+     r"'0.W' has shape \(8, 784\), the architecture needs \(784, 8\)"),
+    (lambda a: put(a, "2.b", np.zeros(11, np.float32)), r"'2.b' has shape \(11,\)"),
+    (lambda a: poison(a, "2.W", np.nan), "'2.W' holds NaN or infinity"),
+    (lambda a: poison(a, "0.b", np.inf), "'0.b' holds NaN or infinity"),
+], ids=["missing", "extra", "transposed", "wrong-length", "nan", "inf"])
+def test_set_parameters_rejects_arrays_that_do_not_fit(tiny_network, change, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_network.set_parameters(change(good_arrays(tiny_network)))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"layers": [{"type": "conv"}]}, "unknown layer type 'conv'"),
+    ({"layers": []}, "non-empty 'layers' list"),
+    ({"name": "x"}, "non-empty 'layers' list"),
+    ([{"type": "relu"}], "must be an object"),
+    ({"layers": [{"type": "dense", "n_in": 784}]}, "positive integer 'n_out'"),
+], ids=["unknown-layer", "no-layers", "layers-missing", "not-an-object", "dense-without-size"])
+def test_a_bad_spec_raises_value_error(spec, message):
+    with pytest.raises(ValueError, match=message):
+        Network(spec)
+
+
+def test_an_unknown_architecture_name_raises_value_error_listing_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: \('seed',\)"):
+        Network.from_architecture("resnet")
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_every_named_architecture_maps_784_pixels_to_10_classes(name):
+    network = Network.from_architecture(name, seed=0)
+    assert network.spec == architecture_spec(name) and network.name == name
+    probs = network.predict_proba(np.zeros((2, 784), np.float32))
+    assert probs.shape == (2, 10)
+
+
+def test_the_seed_architecture_is_784_1024_10():
+    network = Network.from_architecture("seed")
+    dense = [layer for layer in network.layers if isinstance(layer, Dense)]
+    assert [(layer.n_in, layer.n_out) for layer in dense] == [(784, 1024), (1024, 10)]
+
+
+def test_from_architecture_is_seeded():
+    a, b, c = (Network.from_architecture("seed", seed=s).parameters()["0.W"] for s in (3, 3, 4))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
