@@ -1,8 +1,10 @@
 """Build the FastAPI app: settings, the active model loaded once at start-up, routes, the page."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,24 +12,51 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
+from app.jobs import Store
 from app.routes import router
+from app.routes_train import router as train_router
 from app.settings import Settings
 from model.registry import active_path
-from model.weights import Model, load_model
+from model.weights import Model, WeightsError, load_model
 
 log = logging.getLogger("digits")
 
 
 class ModelHolder:
-    """The model being served. Replacing `current` is one reference swap, so requests never see half."""
+    """The model being served, swapped for a new active one without a restart.
 
-    def __init__(self, model: Model) -> None:
-        self.current = model
+    Replacing `current` is one reference assignment, so a request holds either the old model or the
+    new one, never half of either. A broken new file is logged and reported; the last good model stays.
+    """
+
+    def __init__(self, weights_dir: Path) -> None:
+        self.weights_dir = weights_dir
+        self.current: Model = load_model(active_path(weights_dir))
+        self.problem: str | None = None
+
+    def refresh(self) -> bool:
+        """Load the active model if ACTIVE now names another file; True if the model changed."""
+        try:
+            path = active_path(self.weights_dir)
+            if self.current.path is not None and path.name == self.current.path.name:
+                return False
+            model = load_model(path)
+        except WeightsError as exc:
+            if str(exc) != self.problem:
+                log.error("keeping model %s: %s", self.current.version, exc)
+            self.problem = str(exc)
+            return False
+        self.current, self.problem = model, None
+        log.info("now serving model %s", model.version)
+        return True
 
 
-def load_active_model(settings: Settings) -> Model:
-    """The active model of the weights folder; raises WeightsError saying how to get one."""
-    return load_model(active_path(settings.weights_dir))
+async def watch_active_model(holder: ModelHolder, interval: float, children: list) -> None:
+    """Every `interval` seconds: pick up a new active model, and reap finished training processes."""
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.to_thread(holder.refresh)
+        children[:] = [proc for proc in children if proc.poll() is None]
 
 
 class BodyLimitMiddleware:
@@ -95,9 +124,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One BLAS thread per process: concurrent requests each running a multi-threaded matmul
         # oversubscribe the cores and collapse throughput (see benchmarks/serve_load.py).
         with threadpool_limits(limits=settings.blas_threads):
-            app.state.models = ModelHolder(load_active_model(settings))
+            app.state.models = ModelHolder(settings.weights_dir)
+            app.state.store = Store(settings.database)
+            app.state.children = []  # training processes this server started
             log.info("serving model %s", app.state.models.current.version)
-            yield
+            watcher = asyncio.create_task(watch_active_model(app.state.models, settings.reload_interval_s,
+                                                             app.state.children))
+            try:
+                yield
+            finally:
+                watcher.cancel()
 
     app = FastAPI(title="digits", summary="Draw a digit; a NumPy network classifies it.",
                   version="0.1.0", lifespan=lifespan)
@@ -108,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
 
     app.include_router(router)
+    app.include_router(train_router)
     app.mount("/", StaticFiles(directory=settings.static_dir, html=True), name="static")
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     return app

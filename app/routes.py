@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from app.images import ImageError, decode_base64, decode_image
-from app.schemas import BatchPrediction, ModelInfo, Prediction, PredictRequest
+from app.schemas import BatchPrediction, FeedbackRequest, ModelInfo, Prediction, PredictRequest
 from model.preprocess import EmptyDrawingError, preprocess_image, preprocess_strokes
 
 router = APIRouter()
@@ -21,10 +21,12 @@ async def healthz() -> dict:
 @router.get("/model", response_model=ModelInfo, tags=["model"])
 async def model_info(request: Request) -> ModelInfo:
     """The active model: version, architecture and metrics."""
-    meta = request.app.state.models.current.meta
+    holder = request.app.state.models
+    meta = holder.current.meta
     return ModelInfo(version=meta["version"], architecture=meta["architecture"].get("name", "custom"),
                      created_at=meta["created_at"], preprocessing_version=meta["preprocessing_version"],
-                     metrics=meta.get("metrics", {}), recipe=meta.get("recipe"), spec=meta["architecture"])
+                     metrics=meta.get("metrics", {}), recipe=meta.get("recipe"), spec=meta["architecture"],
+                     problem=holder.problem)
 
 
 def drawing_to_inputs(body, settings) -> tuple[np.ndarray, bool]:
@@ -83,3 +85,23 @@ async def predict(body: PredictRequest, request: Request):
             item["input"] = np.round(x.reshape(28, 28), 4).tolist()
         predictions.append(item)
     return JSONResponse({"predictions": predictions} if batch else predictions[0])
+
+
+@router.post("/feedback", status_code=201, tags=["feedback"])
+def feedback(body: FeedbackRequest, request: Request) -> dict:
+    """Store a drawing (preprocessed to 28x28) with the digit it really is, and what the model said."""
+    X, batch = drawing_to_inputs(body, request.app.state.settings)
+    if batch:
+        raise HTTPException(422, "feedback takes one drawing at a time, not a batch")
+    model = request.app.state.models.current
+    probs = model.network.predict_proba(X)[0]
+    predicted = int(probs.argmax())
+    sample_id = request.app.state.store.add_feedback(X[0], body.label, predicted, float(probs.max()), model.version)
+    return {"id": sample_id, "label": body.label, "predicted": predicted, "model_was_right": predicted == body.label,
+            "message": f"Thanks! Saved as {'an' if body.label == 8 else 'a'} {body.label}."}
+
+
+@router.get("/feedback", tags=["feedback"])
+def feedback_summary(request: Request) -> dict:
+    """How many labelled drawings people sent, per digit, and how often the model was right."""
+    return request.app.state.store.feedback_summary()

@@ -1,7 +1,7 @@
 """Request and response models; they do the validation, so bad input is refused before NumPy runs."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -92,3 +92,46 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     recipe: dict[str, Any] | None = None
     spec: dict[str, Any]
+    problem: str | None = Field(None, description="why a newer active model could not be loaded, if so")
+
+
+class TrainRequest(BaseModel):
+    """A training recipe; every field is bounded. Omitted fields take the trainer's defaults."""
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"architecture": "seed", "epochs": 1},
+        {"architecture": "seed", "epochs": 10, "include_feedback": True, "promote": "always"},
+    ]})
+
+    architecture: str = Field("seed", description="a named architecture the trainer knows")
+    epochs: int = Field(20, ge=1, le=200)
+    learning_rate: float = Field(0.5, gt=0, le=10)
+    lr_decay: float = Field(0.9, gt=0, le=1, description="per-epoch learning-rate factor")
+    momentum: float = Field(0.0, ge=0, lt=1)
+    batch_size: int = Field(128, ge=1, le=8192)
+    l2: float = Field(1e-4, ge=0, le=1)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    augment: bool = Field(False, description="random shifts, rotations, scaling and shear on the fly")
+    include_feedback: bool = Field(False, description="mix users' labelled drawings into training")
+    validation_size: int = Field(10_000, ge=1_000, le=20_000)
+    promote: Literal["if_better", "always"] = "if_better"
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        from model.network import ARCHITECTURES
+        if value not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(ARCHITECTURES)}")
+        return value
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    status: str
+
+
+class FeedbackRequest(DrawingInput):
+    label: int = Field(ge=0, le=9, description="the digit the person meant")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"strokes": [[[40, 40], [200, 40], [90, 250]]], "label": 7},
+    ]})

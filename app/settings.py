@@ -1,10 +1,13 @@
 """Service settings, read from `DIGITS_*` environment variables; bad values fail at start-up."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.data import default_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +25,17 @@ class Settings(BaseSettings):
     max_image_batch: int = Field(64, ge=1, le=1_000)
     max_stroke_points: int = Field(20_000, ge=10, le=1_000_000)
     blas_threads: int = Field(1, ge=1, le=64, description="BLAS threads per server process")
+    db_path: Path | None = Field(None, description="SQLite file of jobs and feedback; default: in the data folder")
+    reload_interval_s: float = Field(0.5, gt=0, le=60, description="how often workers look for a new active model")
+
+    @property
+    def mnist_dir(self) -> Path:
+        """The MNIST folder: DIGITS_DATA_DIR, else the per-user cache folder."""
+        return self.data_dir or default_data_dir()
+
+    @property
+    def database(self) -> Path:
+        return self.db_path or self.mnist_dir / "digits.sqlite3"
 
     def check_paths(self) -> None:
         """Folders that must exist; raises ValueError naming the setting."""
@@ -29,3 +43,5 @@ class Settings(BaseSettings):
             raise ValueError(f"DIGITS_WEIGHTS_DIR={self.weights_dir} is not a folder")
         if not self.static_dir.is_dir():
             raise ValueError(f"DIGITS_STATIC_DIR={self.static_dir} is not a folder")
+        if not os.access(self.weights_dir, os.W_OK):
+            raise ValueError(f"DIGITS_WEIGHTS_DIR={self.weights_dir} is not writable (trained models go there)")

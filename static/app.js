@@ -1,10 +1,15 @@
 // The drawing page: pointer strokes in, predictions out. The page only draws and sends strokes;
 // the server does all preprocessing (crop, scale, centre) and answers with the 28x28 input it used.
+// Also: corrections sent as feedback, a training panel that follows a /train job live, and a watch
+// on the active model so a newly promoted one is picked up without reloading.
 
 const THROTTLE_MS = 150;          // at most one /predict per this interval while drawing
 const REQUEST_TIMEOUT_MS = 10000;
 const PEN_FRACTION = 0.055;       // on-screen pen width as a fraction of the pad's width
 const PREVIEW_SCALE = 5;          // CSS pixels per model pixel in the "what the model saw" preview
+const MODEL_POLL_MS = 5000;       // how often to ask which model is active and whether a job runs
+const MODEL_NOTICE_MS = 8000;     // how long "Now using model …" stays up
+const ACTIVE_JOB_STATES = ["queued", "running"];
 
 const $ = (id) => document.getElementById(id);
 
@@ -23,6 +28,30 @@ const ui = {
   modelInfo: $("model-info"),
   modelVersion: $("model-version"),
   modelAccuracy: $("model-accuracy"),
+  modelNotice: $("model-notice"),
+  feedback: $("feedback"),
+  feedbackButtons: [...document.querySelectorAll("#feedback-digits [data-digit]")],
+  feedbackStatus: $("feedback-status"),
+  feedbackCount: $("feedback-count"),
+  trainCard: $("train"),
+  trainForm: $("train-form"),
+  trainArchitecture: $("train-architecture"),
+  trainEpochs: $("train-epochs"),
+  trainFeedback: $("train-feedback"),
+  trainStart: $("train-start"),
+  trainMessage: $("train-message"),
+  job: $("job"),
+  jobId: $("job-id"),
+  jobStatus: $("job-status"),
+  jobProgress: $("job-progress"),
+  jobProgressFill: $("job-progress-fill"),
+  jobPercent: $("job-percent"),
+  jobEpoch: $("job-epoch"),
+  jobEta: $("job-eta"),
+  jobSpeed: $("job-speed"),
+  jobOutcome: $("job-outcome"),
+  trainCancel: $("train-cancel"),
+  chart: $("train-chart"),
 };
 
 // All mutable page state lives here.
@@ -37,6 +66,12 @@ export const state = {
   timer: 0,
   prediction: null,  // the /predict answer on display
   model: null,       // the GET /model answer
+  checkingModel: false,
+  modelNoticeTimer: 0,
+  revision: 0,       // bumped on every change to the drawing (new stroke, undo, clear)
+  feedback: { sending: false, sentRevision: -1, label: null },
+  job: null,         // {id, view, source, ended, retry} of the training job the panel follows
+  starting: false,   // a POST /train is in flight
 };
 
 const padContext = ui.pad.getContext("2d");
@@ -138,6 +173,7 @@ function onPointerDown(event) {
   const stroke = [pointFrom(event)];
   state.strokes.push(stroke);
   state.drawing = { pointerId: event.pointerId, stroke };
+  drawingChanged();
   preparePen();
   drawTail(stroke);
   updateControls();
@@ -182,6 +218,7 @@ export function clearDrawing() {
 function strokesRemoved() {
   state.drawing = null;
   state.epoch += 1;
+  drawingChanged();
   redrawPad();
   updateControls();
   if (state.strokes.length) {
@@ -234,7 +271,10 @@ export async function fetchJSON(url, options = {}) {
     }
     const data = await response.json().catch(() => null);
     if (!response.ok) {
-      throw new Error(describeDetail(data?.detail) || `the server answered ${response.status} ${response.statusText}`);
+      const error = new Error(describeDetail(data?.detail) ||
+                              `the server answered ${response.status} ${response.statusText}`);
+      error.status = response.status;
+      throw error;
     }
     if (data === null) throw new Error("the server's answer was not JSON");
     return data;
@@ -307,6 +347,26 @@ async function loadModelInfo() {
   }
 }
 
+// Ask which model is active; when it changed, say so and classify the drawing again with it.
+export async function checkModel() {
+  if (state.checkingModel) return;
+  state.checkingModel = true;
+  try {
+    const model = await fetchJSON("/model");
+    const before = state.model?.version;
+    state.model = model;
+    showModelInfo(model);
+    if (before && model.version !== before) {
+      announceModel(model);
+      if (state.strokes.length) schedulePrediction({ now: true });
+    }
+  } catch {
+    // Quietly keep what is shown; the next poll asks again.
+  } finally {
+    state.checkingModel = false;
+  }
+}
+
 // ---- showing results ---------------------------------------------------------------------------
 
 const percent = (p) => `${(p * 100).toFixed(1)}%`;
@@ -338,7 +398,9 @@ function showPrediction(answer) {
   renderBars(probabilities, answer.digit);
   renderSeen(answer.input);
   ui.result.dataset.state = "result";
+  ui.feedback.hidden = false;
   showStatus("");
+  if (state.model && answer.model_version && answer.model_version !== state.model.version) checkModel();
   document.dispatchEvent(new CustomEvent("digits:prediction", { detail: answer }));
 }
 
@@ -398,12 +460,535 @@ function resetDisplay() {
   ui.bars.replaceChildren();
   renderSeen(null);
   ui.result.dataset.state = "empty";
+  ui.feedback.hidden = true;
   showStatus("");
 }
 
 export function showStatus(message, kind = "info") {
   ui.status.textContent = message;
   ui.status.dataset.kind = message ? kind : "";
+}
+
+function announceModel(model) {
+  const accuracy = model.metrics?.test_accuracy;
+  const detail = typeof accuracy === "number" ? ` (test accuracy ${percent(accuracy)})` : "";
+  ui.modelNotice.textContent = `Now using model ${model.version}${detail}.`;
+  ui.modelNotice.hidden = false;
+  ui.modelInfo.dataset.changed = "true";
+  clearTimeout(state.modelNoticeTimer);
+  state.modelNoticeTimer = setTimeout(() => {
+    ui.modelNotice.hidden = true;
+    delete ui.modelInfo.dataset.changed;
+  }, MODEL_NOTICE_MS);
+}
+
+// ---- feedback: "Wrong? It's a …" -----------------------------------------------------------------
+
+function drawingChanged() {
+  state.revision += 1;
+  if (state.feedback.sentRevision !== -1 || ui.feedbackStatus.textContent) {
+    state.feedback.sentRevision = -1;
+    state.feedback.label = null;
+    showFeedbackStatus("");
+  }
+  updateFeedbackButtons();
+}
+
+function updateFeedbackButtons() {
+  const done = state.feedback.sentRevision === state.revision;
+  for (const button of ui.feedbackButtons) {
+    button.disabled = state.feedback.sending || done;
+    button.classList.toggle("is-chosen", done && Number(button.dataset.digit) === state.feedback.label);
+  }
+}
+
+function showFeedbackStatus(message, kind = "info") {
+  ui.feedbackStatus.textContent = message;
+  ui.feedbackStatus.dataset.kind = message ? kind : "";
+}
+
+// Send the drawing as it is now, with the digit the person says it is.
+export async function sendFeedback(label) {
+  if (!state.strokes.length || state.feedback.sending) return;
+  const revision = state.revision;
+  const body = JSON.stringify({ strokes: state.strokes, label });
+  state.feedback.sending = true;
+  updateFeedbackButtons();
+  showFeedbackStatus("Saving…");
+  try {
+    const answer = await fetchJSON("/feedback", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body,
+    });
+    if (revision === state.revision) {
+      state.feedback.sentRevision = revision;
+      state.feedback.label = label;
+      showFeedbackStatus(answer.message || `Thanks! Saved as a ${label}.`, "ok");
+    }
+    loadFeedbackCount();
+  } catch (error) {
+    if (revision === state.revision) showFeedbackStatus(error.message, "error");
+  } finally {
+    state.feedback.sending = false;
+    updateFeedbackButtons();
+  }
+}
+
+async function loadFeedbackCount() {
+  try {
+    const summary = await fetchJSON("/feedback");
+    const total = summary.total ?? 0;
+    ui.feedbackCount.textContent = `(${total} drawing${total === 1 ? "" : "s"} so far)`;
+  } catch {
+    ui.feedbackCount.textContent = "";
+  }
+}
+
+function initFeedback() {
+  for (const button of ui.feedbackButtons) {
+    button.addEventListener("click", () => sendFeedback(Number(button.dataset.digit)));
+  }
+  updateFeedbackButtons();
+  loadFeedbackCount();
+}
+
+// ---- training: start, follow, cancel -------------------------------------------------------------
+
+function showTrainMessage(message, kind = "info") {
+  ui.trainMessage.textContent = message;
+  ui.trainMessage.dataset.kind = message ? kind : "";
+}
+
+function jobIsActive() {
+  return Boolean(state.job && !state.job.ended);
+}
+
+function updateTrainControls() {
+  const active = jobIsActive();
+  ui.trainStart.disabled = active || state.starting;
+  ui.trainCard.dataset.state = active ? "running" : state.job ? "ended" : "idle";
+}
+
+async function startTraining(event) {
+  event.preventDefault();
+  if (jobIsActive() || state.starting) return;
+  const epochs = Number(ui.trainEpochs.value);
+  const min = Number(ui.trainEpochs.min);
+  const max = Number(ui.trainEpochs.max);
+  if (!Number.isInteger(epochs) || epochs < min || epochs > max) {
+    showTrainMessage(`Epochs must be a whole number from ${min} to ${max}.`, "error");
+    ui.trainEpochs.focus();
+    return;
+  }
+  const recipe = {
+    architecture: ui.trainArchitecture.value,
+    epochs,
+    include_feedback: ui.trainFeedback.checked,
+  };
+  state.starting = true;
+  updateTrainControls();
+  showTrainMessage("Starting…");
+  try {
+    const created = await fetchJSON("/train", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(recipe),
+    });
+    showTrainMessage("");
+    followJob(created.job_id, { job_id: created.job_id, status: created.status, n_epochs: epochs, progress: 0 });
+  } catch (error) {
+    if (error.status === 409) {
+      showTrainMessage(error.message, "info");  // a job is already training: follow that one
+      await attachToActiveJob();
+    } else {
+      showTrainMessage(error.message, "error");
+    }
+  } finally {
+    state.starting = false;
+    updateTrainControls();
+  }
+}
+
+// Follow the newest queued or running job, if there is one (started here, in another tab or by
+// `digits`). Resolves to whether it found one; `quiet` keeps a failure to ask off the page.
+async function attachToActiveJob({ quiet = false } = {}) {
+  try {
+    const { jobs = [] } = await fetchJSON("/train");
+    const job = jobs.find((each) => ACTIVE_JOB_STATES.includes(each.status));
+    if (!job) return false;
+    if (state.job?.id !== job.job_id || state.job.ended) followJob(job.job_id, job);
+    return true;
+  } catch (error) {
+    if (!quiet) showTrainMessage(`Could not list the training jobs: ${error.message}`, "error");
+    return false;
+  }
+}
+
+function stopFollowing() {
+  state.job?.source?.close();
+  clearTimeout(state.job?.retry);
+}
+
+// Show the job and follow its Server-Sent Events until the final `done`.
+export function followJob(jobId, view = null) {
+  stopFollowing();
+  state.job = { id: jobId, view: null, source: null, ended: false, retry: 0 };
+  ui.job.hidden = false;
+  ui.trainCancel.disabled = false;
+  ui.trainCancel.textContent = "Cancel";
+  if (view) renderJob(view);
+  updateTrainControls();
+  listen(state.job);
+}
+
+function listen(job) {
+  const source = new EventSource(`/train/${encodeURIComponent(job.id)}/events`);
+  job.source = source;
+  const onEvent = (event) => {
+    if (state.job !== job || job.ended) return;
+    let view;
+    try {
+      view = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    renderJob(view);
+    if (event.type === "done" || !ACTIVE_JOB_STATES.includes(view.status)) jobEnded(job, view);
+  };
+  source.addEventListener("progress", onEvent);
+  source.addEventListener("done", onEvent);
+  source.addEventListener("open", () => {
+    if (state.job === job && ui.trainMessage.dataset.kind === "warning") showTrainMessage("");
+  });
+  source.addEventListener("error", () => {
+    if (job.ended) {
+      source.close();  // the server ended the stream after `done`: no reconnecting
+      return;
+    }
+    if (state.job !== job) return;
+    if (source.readyState === EventSource.CONNECTING) {
+      showTrainMessage("Lost the connection to the server; reconnecting…", "warning");
+      return;
+    }
+    // The browser gave up (e.g. the job is unknown): ask once, then try again a little later.
+    source.close();
+    recheckJob(job);
+  });
+}
+
+async function recheckJob(job) {
+  try {
+    const view = await fetchJSON(`/train/${encodeURIComponent(job.id)}`);
+    if (state.job !== job) return;
+    renderJob(view);
+    if (ACTIVE_JOB_STATES.includes(view.status)) {
+      job.retry = setTimeout(() => { if (state.job === job && !job.ended) listen(job); }, 2000);
+    } else {
+      jobEnded(job, view);
+    }
+  } catch (error) {
+    if (state.job !== job) return;
+    if (error.status === 404) {
+      showTrainMessage(error.message, "error");
+      job.ended = true;
+      updateTrainControls();
+      ui.trainCancel.hidden = true;
+    } else {
+      showTrainMessage("Lost the connection to the server; reconnecting…", "warning");
+      job.retry = setTimeout(() => recheckJob(job), 3000);
+    }
+  }
+}
+
+function jobEnded(job, view) {
+  job.ended = true;
+  // The server ends the stream right after `done`; closing it here would abort that last moment of
+  // the response, so let it end (the error handler then closes it) and close it anyway soon after.
+  const source = job.source;
+  if (source) job.retry = setTimeout(() => source.close(), 2000);
+  if (ui.trainMessage.dataset.kind !== "error") showTrainMessage("");
+  updateTrainControls();
+  // A promoted model is picked up by the server within about a second; look now and once more.
+  checkModel();
+  setTimeout(checkModel, 1500);
+}
+
+async function cancelTraining() {
+  const job = state.job;
+  if (!job || job.ended) return;
+  ui.trainCancel.disabled = true;
+  ui.trainCancel.textContent = "Cancelling…";
+  try {
+    const view = await fetchJSON(`/train/${encodeURIComponent(job.id)}`, { method: "DELETE" });
+    if (state.job === job && !job.ended) renderJob(view);
+  } catch (error) {
+    if (state.job === job) {
+      showTrainMessage(error.message, "error");
+      ui.trainCancel.disabled = job.ended;
+      ui.trainCancel.textContent = "Cancel";
+    }
+  }
+}
+
+const STATUS_TEXT = {
+  queued: "queued",
+  running: "running",
+  succeeded: "succeeded",
+  failed: "failed",
+  cancelled: "cancelled",
+  interrupted: "interrupted",
+};
+
+function formatDuration(seconds) {
+  if (!Number.isFinite(seconds) || seconds < 0) return "";
+  if (seconds < 1) return "under a second";
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} min`;
+}
+
+const number = new Intl.NumberFormat("en", { maximumFractionDigits: 0 });
+
+function renderJob(view) {
+  if (!state.job) return;
+  state.job.view = view;
+  const status = view.status ?? "queued";
+  const final = !ACTIVE_JOB_STATES.includes(status);
+  ui.jobId.textContent = view.job_id ?? state.job.id;
+  ui.jobStatus.textContent = STATUS_TEXT[status] ?? status;
+  ui.jobStatus.dataset.status = status;
+
+  const fraction = Math.min(Math.max(Number(view.progress) || 0, 0), 1);
+  const shown = Math.floor(fraction * 100);
+  ui.jobProgressFill.style.width = `${fraction * 100}%`;
+  ui.jobProgress.setAttribute("aria-valuenow", String(shown));
+  ui.jobProgress.dataset.status = status;
+  ui.jobPercent.textContent = `${shown}%`;
+
+  const nEpochs = view.n_epochs;
+  if (view.epoch) {
+    ui.jobEpoch.textContent = `epoch ${view.epoch} of ${nEpochs}`;
+  } else {
+    ui.jobEpoch.textContent = status === "queued" ? "starting…" : nEpochs ? `${nEpochs} epoch${nEpochs === 1 ? "" : "s"}` : "";
+  }
+  ui.jobEta.textContent = !final && Number.isFinite(view.eta_s) ? `about ${formatDuration(view.eta_s)} left` : "";
+  const speed = [];
+  if (Number.isFinite(view.loss)) speed.push(`loss ${view.loss.toFixed(3)}`);
+  if (Number.isFinite(view.samples_per_s)) speed.push(`${number.format(view.samples_per_s)} images/s`);
+  ui.jobSpeed.textContent = speed.join(" · ");
+
+  ui.trainCancel.hidden = final;
+  if (final) {
+    ui.trainCancel.disabled = false;
+    ui.trainCancel.textContent = "Cancel";
+  } else if (view.cancel_requested) {
+    ui.trainCancel.disabled = true;
+    ui.trainCancel.textContent = "Cancelling…";
+  }
+
+  renderOutcome(view, final);
+  drawChart();
+}
+
+function renderOutcome(view, final) {
+  if (!final) {
+    ui.jobOutcome.hidden = true;
+    ui.jobOutcome.replaceChildren();
+    return;
+  }
+  const lines = [];
+  const add = (text, className = "") => {
+    const p = document.createElement("p");
+    p.textContent = text;
+    if (className) p.className = className;
+    lines.push(p);
+  };
+  if (view.status === "succeeded") {
+    const metrics = view.metrics ?? {};
+    const parts = [];
+    if (typeof metrics.val_accuracy === "number") parts.push(`validation accuracy ${percent(metrics.val_accuracy)}`);
+    if (typeof metrics.test_accuracy === "number") parts.push(`test accuracy ${percent(metrics.test_accuracy)}`);
+    add(`Trained ${view.model_version ?? "a new model"}${parts.length ? `: ${parts.join(", ")}` : ""}.`);
+    add(view.promoted ? "Promoted: the page now uses it." : "Not promoted: the current model stays.",
+        view.promoted ? "outcome-verdict is-good" : "outcome-verdict");
+    if (view.decision) add(view.decision, "muted");
+  } else if (view.status === "cancelled") {
+    add("Cancelled; the current model stays.", "outcome-verdict");
+    if (view.error) add(view.error, "muted");
+  } else {
+    add(`Training ${STATUS_TEXT[view.status] ?? view.status}; the current model stays.`, "outcome-verdict is-bad");
+    if (view.error) add(view.error, "outcome-error");
+  }
+  ui.jobOutcome.replaceChildren(...lines);
+  ui.jobOutcome.dataset.status = view.status;
+  ui.jobOutcome.hidden = false;
+}
+
+// ---- the training chart: loss against progress, validation accuracy per epoch ---------------------
+
+const GRID_LINES = 4;  // horizontal grid lines above the bottom axis
+
+// The smallest "round" tick step (1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten) with
+// GRID_LINES steps reaching `value`.
+function niceStep(value) {
+  const wanted = value > 0 ? value / GRID_LINES : 0.25;
+  const power = 10 ** Math.floor(Math.log10(wanted));
+  for (const step of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8]) {
+    if (wanted <= step * power * (1 + 1e-9)) return step * power;
+  }
+  return 10 * power;
+}
+
+// The accuracy axis runs from `lowest` (rounded down to a range with round ticks) to 100%.
+function accuracyFloor(lowest) {
+  for (const range of [0.04, 0.1, 0.2, 0.4, 1]) {
+    if (1 - range <= lowest - 0.004) return 1 - range;
+  }
+  return 0;
+}
+
+const tickText = (value) => String(Number(value.toFixed(3)));
+
+function drawChart() {
+  const canvas = ui.chart;
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  if (!width || !height) return;
+  const ratio = window.devicePixelRatio || 1;
+  const pixelsWide = Math.round(width * ratio);
+  const pixelsHigh = Math.round(height * ratio);
+  if (canvas.width !== pixelsWide || canvas.height !== pixelsHigh) {
+    canvas.width = pixelsWide;
+    canvas.height = pixelsHigh;
+  }
+  const context = canvas.getContext("2d");
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.clearRect(0, 0, width, height);
+
+  const style = getComputedStyle(canvas);
+  const color = (name, fallback) => style.getPropertyValue(name).trim() || fallback;
+  const lossColor = color("--loss", "#3b5bdb");
+  const accuracyColor = color("--accuracy", "#0f8a5f");
+  const gridColor = color("--grid", "#dfe3ec");
+  const textColor = color("--axis", "#566076");
+
+  const view = state.job?.view ?? {};
+  const curve = (view.curve ?? []).filter((p) => Number.isFinite(p.progress) && Number.isFinite(p.loss));
+  const history = (view.history ?? []).filter((h) => Number.isFinite(h.val_accuracy));
+  const nEpochs = Math.max(1, view.n_epochs || history.length || 1);
+
+  const box = { left: 46, right: width - 50, top: 10, bottom: height - 26 };
+  const plotWidth = Math.max(1, box.right - box.left);
+  const plotHeight = Math.max(1, box.bottom - box.top);
+  const x = (fraction) => box.left + Math.min(Math.max(fraction, 0), 1) * plotWidth;
+
+  const lossStep = niceStep(Math.max(0, ...curve.map((p) => p.loss)));
+  const lossMax = lossStep * GRID_LINES;
+  const yLoss = (loss) => box.bottom - (Math.min(loss, lossMax) / lossMax) * plotHeight;
+  const accuracyMin = accuracyFloor(Math.min(1, ...history.map((h) => h.val_accuracy)));
+  const yAccuracy = (acc) => box.bottom - ((Math.max(acc, accuracyMin) - accuracyMin) / (1 - accuracyMin)) * plotHeight;
+
+  context.font = "11px system-ui, sans-serif";
+  context.lineWidth = 1;
+
+  // Grid and axes: loss on the left, accuracy on the right, epochs along the bottom.
+  context.strokeStyle = gridColor;
+  context.fillStyle = textColor;
+  context.textBaseline = "middle";
+  for (let i = 0; i <= GRID_LINES; i++) {
+    const y = box.bottom - (i / GRID_LINES) * plotHeight;
+    context.beginPath();
+    context.moveTo(box.left, Math.round(y) + 0.5);
+    context.lineTo(box.right, Math.round(y) + 0.5);
+    context.stroke();
+    context.textAlign = "right";
+    context.fillStyle = lossColor;
+    context.fillText(tickText(lossStep * i), box.left - 6, y);
+    context.textAlign = "left";
+    context.fillStyle = accuracyColor;
+    context.fillText(`${tickText((accuracyMin + (1 - accuracyMin) * i / GRID_LINES) * 100)}%`, box.right + 6, y);
+  }
+  context.fillStyle = textColor;
+  context.textAlign = "center";
+  context.textBaseline = "top";
+  const every = Math.ceil(nEpochs / 10);
+  for (let epoch = 0; epoch <= nEpochs; epoch += every) {
+    const px = x(epoch / nEpochs);
+    context.strokeStyle = gridColor;
+    context.beginPath();
+    context.moveTo(Math.round(px) + 0.5, box.bottom);
+    context.lineTo(Math.round(px) + 0.5, box.bottom + 4);
+    context.stroke();
+    context.fillText(String(epoch), px, box.bottom + 7);
+  }
+  context.textAlign = "right";
+  context.fillText("epoch", box.left - 6, box.bottom + 7);
+
+  if (!curve.length && !history.length) {
+    context.textAlign = "center";
+    context.textBaseline = "middle";
+    context.fillText(view.status && !ACTIVE_JOB_STATES.includes(view.status) ? "no training steps recorded"
+                                                                            : "waiting for the first steps…",
+                     box.left + plotWidth / 2, box.top + plotHeight / 2);
+  }
+
+  // Training loss: one line through the reported steps.
+  if (curve.length) {
+    context.strokeStyle = lossColor;
+    context.lineWidth = 2;
+    context.lineJoin = "round";
+    context.beginPath();
+    curve.forEach((p, i) => (i ? context.lineTo : context.moveTo).call(context, x(p.progress), yLoss(p.loss)));
+    context.stroke();
+  }
+
+  // Validation accuracy: a point at the end of every epoch, joined.
+  if (history.length) {
+    const points = history.map((h) => [x(h.epoch / nEpochs), yAccuracy(h.val_accuracy)]);
+    context.strokeStyle = accuracyColor;
+    context.fillStyle = accuracyColor;
+    context.lineWidth = 2;
+    context.setLineDash([5, 4]);
+    context.beginPath();
+    points.forEach(([px, py], i) => (i ? context.lineTo(px, py) : context.moveTo(px, py)));
+    context.stroke();
+    context.setLineDash([]);
+    for (const [px, py] of points) {
+      context.beginPath();
+      context.arc(px, py, 3.5, 0, 2 * Math.PI);
+      context.fill();
+    }
+  }
+
+  const last = curve[curve.length - 1];
+  const lastAccuracy = history[history.length - 1];
+  const described = [];
+  if (last) described.push(`training loss ${last.loss.toFixed(3)} at ${Math.floor(last.progress * 100)}%`);
+  if (lastAccuracy) described.push(`validation accuracy ${percent(lastAccuracy.val_accuracy)} after epoch ${lastAccuracy.epoch}`);
+  canvas.setAttribute("aria-label", `Training chart: ${described.join("; ") || "no data yet"}`);
+}
+
+function initTraining() {
+  ui.trainForm.addEventListener("submit", startTraining);
+  ui.trainCancel.addEventListener("click", cancelTraining);
+  // Leaving the page ends the stream cleanly; coming back from the back-forward cache resumes it.
+  window.addEventListener("pagehide", () => stopFollowing());
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted && state.job && !state.job.ended) listen(state.job);
+  });
+  new ResizeObserver(() => { if (!ui.job.hidden) drawChart(); }).observe(ui.chart);
+  updateTrainControls();
+  attachToActiveJob();
+}
+
+// Every few seconds while the page is visible: a new active model? a job started elsewhere?
+function watchServer() {
+  if (document.hidden) return;
+  checkModel();
+  if (!jobIsActive() && !state.starting) attachToActiveJob({ quiet: true });
 }
 
 // ---- start -------------------------------------------------------------------------------------
@@ -424,6 +1009,10 @@ function init() {
   updateControls();
   resetDisplay();
   loadModelInfo();
+  initFeedback();
+  initTraining();
+  setInterval(watchServer, MODEL_POLL_MS);
+  document.addEventListener("visibilitychange", watchServer);
 }
 
 init();

@@ -1,5 +1,5 @@
 """Helpers for the real-browser page tests: a live uvicorn server, the system Chromium, and pen strokes
-drawn with the mouse or with touch. Imported by tests/test_page.py; no tests here."""
+drawn with the mouse or with touch. Imported by tests/test_page*.py; no tests here."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
+from model.data import FILES, DataError, find_file
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("DIGITS_CHROMIUM", "/usr/lib/chromium/chromium"))
 
@@ -30,15 +34,54 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def skip_or_fail(message: str) -> None:
+    """Skip the test, or fail it under CI (any `CI` variable), where nothing may be silently left out."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright's launch arguments, pointed at the system Chromium (never `playwright install`).
+
+    A fixture: test modules import it to override the plugin's."""
+    if not CHROMIUM.exists():
+        skip_or_fail(f"no Chromium at {CHROMIUM}; install it with `apt-get install chromium`")
+    return {**browser_type_launch_args, "executable_path": str(CHROMIUM)}
+
+
+def real_mnist_dir() -> Path:
+    """$DIGITS_DATA_DIR, else `../shared/mnist` next to the repository; skips (fails under CI) without it."""
+    data_dir = Path(os.environ.get("DIGITS_DATA_DIR") or ROOT.parent / "shared" / "mnist")
+    try:
+        for stem in FILES.values():
+            find_file(data_dir, stem)
+    except DataError as exc:
+        skip_or_fail(f"real MNIST is needed for this test: {exc}; or set DIGITS_DATA_DIR")
+    return data_dir
+
+
 @contextmanager
-def live_server(weights_dir: Path, timeout: float = 30.0) -> Iterator[str]:
-    """Run the real app under uvicorn in a subprocess; yields its base URL once /healthz answers."""
+def live_server(weights_dir: Path, timeout: float = 30.0, *, db_path: Path | None = None,
+                data_dir: Path | None = None) -> Iterator[str]:
+    """Run the real app under uvicorn in a subprocess; yields its base URL once /healthz answers.
+
+    The server sees no DIGITS_* variables from the environment but these: its weights folder, its
+    database (a temporary folder unless `db_path` is given, so tests never write to the user's cache)
+    and, if given, the MNIST folder that training reads.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "DIGITS_WEIGHTS_DIR": str(weights_dir)}
-    command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with tempfile.TemporaryFile() as log:
+    with tempfile.TemporaryDirectory(prefix="digits-test-db-") as db_folder, \
+            tempfile.TemporaryFile() as log:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DIGITS_")}
+        env["DIGITS_WEIGHTS_DIR"] = str(weights_dir)
+        env["DIGITS_DB_PATH"] = str(db_path or Path(db_folder) / "digits.sqlite3")
+        if data_dir is not None:
+            env["DIGITS_DATA_DIR"] = str(data_dir)
+        command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_for_health(url, process, log, timeout)
@@ -164,3 +207,55 @@ def collect_errors(page) -> list[str]:
             if response.status >= 400 else None)
     page.on("requestfailed", lambda request: errors.append(f"request failed: {request.url}"))
     return errors
+
+
+class DigitsPage:
+    """The page under test, with the errors it has logged so far."""
+
+    def __init__(self, page) -> None:
+        from playwright.sync_api import expect  # the modules that use this class skip without Playwright
+
+        self.expect = expect
+        self.page = page
+        self.errors = collect_errors(page)
+        self.pad = page.locator("#pad")
+        self.digit = page.locator("#digit")
+        self.result = page.locator("#result")
+        self.bars = page.locator("#bars > li")
+
+    def open(self) -> "DigitsPage":
+        self.page.goto("/")
+        self.expect(self.page.locator("#model-info")).to_have_attribute("data-state", "ready")
+        return self
+
+    def draw(self, strokes, n_before: int = 0, touch_session=None) -> dict:
+        """Draw `strokes` (pad fractions) after `n_before` strokes already there; returns the /predict
+        answer for the whole drawing (the request sent on the last pen-up, not a throttled earlier one)."""
+        box = self.pad.bounding_box()
+        end = (strokes[-1][-1][0] * box["width"], strokes[-1][-1][1] * box["height"])
+        n_strokes = n_before + len(strokes)
+        with self.page.expect_response(lambda r: is_predict_request_for(r.request, n_strokes, len(strokes[-1]), end)) as info:
+            for stroke in strokes:
+                if touch_session is None:
+                    draw_with_mouse(self.page, box, stroke)
+                else:
+                    draw_with_touch(touch_session, box, stroke)
+        return self.settled(info.value)
+
+    def settled(self, response) -> dict:
+        """Wait until the page has shown `response` and has nothing more in flight; returns its JSON."""
+        assert response.ok, response.text()
+        answer = response.json()
+        self.expect(self.result).to_have_attribute("aria-busy", "false")
+        self.expect(self.digit).to_have_text(str(answer["digit"]))
+        return answer
+
+    def expect_prompt(self) -> None:
+        self.expect(self.result).to_have_attribute("data-state", "empty")
+        self.expect(self.digit).to_have_text("?")
+        self.expect(self.page.locator("#verdict-text")).to_have_text("Draw a digit")
+        self.expect(self.bars).to_have_count(0)
+        assert ink_pixels(self.page, "#pad") == 0
+
+    def sent_strokes(self, request) -> list:
+        return request.post_data_json["strokes"]

@@ -28,7 +28,7 @@ def weights_dir(tmp_path):
 
 @pytest.fixture
 def client(weights_dir):
-    settings = Settings(weights_dir=weights_dir, static_dir=ROOT / "static",
+    settings = Settings(weights_dir=weights_dir, static_dir=ROOT / "static", db_path=weights_dir / "db.sqlite3",
                         max_image_pixels=1_000_000)
     with TestClient(create_app(settings)) as client:
         yield client
@@ -221,7 +221,8 @@ def test_a_body_over_the_limit_gets_413_with_or_without_content_length(client):
 
 
 def test_too_many_stroke_points_get_413(weights_dir):
-    settings = Settings(weights_dir=weights_dir, static_dir=ROOT / "static", max_stroke_points=100)
+    settings = Settings(weights_dir=weights_dir, static_dir=ROOT / "static", db_path=weights_dir / "db.sqlite3",
+                        max_stroke_points=100)
     with TestClient(create_app(settings)) as client:
         response = client.post("/predict", json={"strokes": [[[i, i] for i in range(101)]]})
     assert response.status_code == 413
@@ -238,7 +239,7 @@ def test_the_page_and_the_api_docs_are_served(client):
 
 
 def test_the_app_refuses_to_start_without_weights(tmp_path):
-    app = create_app(Settings(weights_dir=tmp_path, static_dir=ROOT / "static"))
+    app = create_app(Settings(weights_dir=tmp_path, static_dir=ROOT / "static", db_path=tmp_path / "db"))
     with pytest.raises(ValueError, match="no active model in"):
         with TestClient(app):
             pass
@@ -250,3 +251,75 @@ def test_bad_configuration_fails_at_start_naming_the_setting(tmp_path, monkeypat
     monkeypatch.setenv("DIGITS_MAX_BODY_BYTES", "lots")
     with pytest.raises(ValueError, match="max_body_bytes"):
         Settings()
+
+
+def test_a_corrupt_new_active_model_keeps_the_last_good_one_and_says_why(client, weights_dir):
+    (weights_dir / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    (weights_dir / "ACTIVE").write_text("broken.npz\n")
+    assert client.app.state.models.refresh() is False
+    info = client.get("/model").json()
+    assert info["version"] == "tiny-1"
+    assert info["problem"].startswith(str(weights_dir / "broken.npz"))
+    response = client.post("/predict", json={"pixels": [0.0] * 784})
+    assert response.status_code == 200
+    assert response.json()["model_version"] == "tiny-1"
+
+
+def test_activating_an_unknown_or_broken_version_is_refused(client, weights_dir):
+    assert client.post("/models/nope/activate").status_code == 404
+    assert client.post("/models/nope/activate").json() == {
+        "detail": "no model version 'nope'; GET /models lists them"}
+    listed = client.get("/models").json()["models"]
+    assert [m["version"] for m in listed] == ["tiny-1"] and listed[0]["active"] is True
+
+
+def test_without_a_token_training_answers_only_loopback_clients(weights_dir):
+    settings = Settings(weights_dir=weights_dir, static_dir=ROOT / "static", db_path=weights_dir / "db.sqlite3")
+    with TestClient(create_app(settings), client=("203.0.113.7", 5000)) as remote:
+        response = remote.post("/train", json={"epochs": 1})
+        assert response.status_code == 403
+        assert response.json() == {"detail": "training and activation answer only this machine unless the "
+                                             "server sets DIGITS_ADMIN_TOKEN"}
+        assert remote.post("/models/tiny-1/activate").status_code == 403
+        assert remote.get("/train").status_code == 200  # reading is open
+
+
+@pytest.mark.parametrize("body, detail", [
+    ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
+    ({"epochs": 1000}, "epochs: Input should be less than or equal to 200"),
+    ({"learning_rate": -1}, "learning_rate: Input should be greater than 0"),
+    ({"architecture": "resnet"}, "architecture: unknown architecture 'resnet'; choose one of seed"),
+    ({"promote": "sometimes"}, "promote: Input should be 'if_better' or 'always'"),
+    ({"validation_size": 10}, "validation_size: Input should be greater than or equal to 1000"),
+    ({"batchsize": 10}, "batchsize: Extra inputs are not permitted"),
+])
+def test_a_bad_recipe_gets_422_naming_the_field(client, body, detail):
+    response = client.post("/train", json=body)
+    assert response.status_code == 422
+    assert response.json() == {"detail": detail}
+
+
+def test_training_without_mnist_says_where_it_looked(weights_dir, tmp_path):
+    settings = Settings(weights_dir=weights_dir, static_dir=ROOT / "static", db_path=tmp_path / "db.sqlite3",
+                        data_dir=tmp_path / "nowhere")
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/train", json={"epochs": 1})
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("the server has no MNIST data: train-images-idx3-ubyte(.gz) "
+                                                f"not found in {tmp_path / 'nowhere'}")
+
+
+def test_feedback_is_stored_and_summarised(client):
+    for label in (1, 1, 7, 8):
+        response = client.post("/feedback", json={"strokes": [[[10, 10], [10, 200]]], "label": label})
+        assert response.status_code == 201
+        body = response.json()
+        assert body["label"] == label and body["message"] == f"Thanks! Saved as {'an' if label == 8 else 'a'} {label}."
+        assert body["model_was_right"] == (body["predicted"] == label)
+    summary = client.get("/feedback").json()
+    assert summary["total"] == 4
+    assert summary["per_label"]["1"]["count"] == 2 and summary["per_label"]["7"]["count"] == 1
+    assert client.post("/feedback", json={"strokes": [[[1, 1], [1, 9]]], "label": 10}).status_code == 422
+    assert client.post("/feedback", json={"pixels": [[0.0] * 784] * 2, "label": 1}).json() == {
+        "detail": "feedback takes one drawing at a time, not a batch"}
+    assert client.post("/feedback", json={"strokes": [], "label": 3}).json() == {"detail": "the drawing is empty"}

@@ -11,9 +11,10 @@ pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from browser_support import (  # noqa: E402
-    CHROMIUM, ONE, ROOT, SEVEN_BAR, SEVEN_STEM, SHAPES, ZERO, collect_errors, draw_with_mouse,
-    draw_with_touch, ink_pixels, is_predict_request_for, live_server, percentages,
+    ONE, ROOT, SEVEN_BAR, SEVEN_STEM, SHAPES, ZERO, DigitsPage, draw_with_mouse, ink_pixels, live_server,
+    percentages,
 )
+from browser_support import browser_type_launch_args  # noqa: E402, F401  (the system Chromium)
 
 pytestmark = pytest.mark.browser
 
@@ -22,70 +23,17 @@ PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """pytest-playwright's launch arguments, pointed at the system Chromium (never `playwright install`)."""
-    if not CHROMIUM.exists():
-        message = f"no Chromium at {CHROMIUM}; install it with `apt-get install chromium`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return {**browser_type_launch_args, "executable_path": str(CHROMIUM)}
-
-
-@pytest.fixture(scope="session")
 def base_url():
-    """A real server on a free loopback port, serving the repository's weights/ and static/."""
+    """A real server on a free loopback port, serving the repository's weights/ and static/ (and a
+    temporary database, so nothing is written outside the test's folders)."""
     with live_server(ROOT / "weights") as url:
         yield url
 
 
-class DigitsPage:
-    """The page under test, with the errors it has logged so far."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.errors = collect_errors(page)
-        self.pad = page.locator("#pad")
-        self.digit = page.locator("#digit")
-        self.result = page.locator("#result")
-        self.bars = page.locator("#bars > li")
-
-    def open(self) -> "DigitsPage":
-        self.page.goto("/")
-        expect(self.page.locator("#model-info")).to_have_attribute("data-state", "ready")
-        return self
-
-    def draw(self, strokes, n_before: int = 0, touch_session=None) -> dict:
-        """Draw `strokes` (pad fractions) after `n_before` strokes already there; returns the /predict
-        answer for the whole drawing (the request sent on the last pen-up, not a throttled earlier one)."""
-        box = self.pad.bounding_box()
-        end = (strokes[-1][-1][0] * box["width"], strokes[-1][-1][1] * box["height"])
-        n_strokes = n_before + len(strokes)
-        with self.page.expect_response(lambda r: is_predict_request_for(r.request, n_strokes, len(strokes[-1]), end)) as info:
-            for stroke in strokes:
-                if touch_session is None:
-                    draw_with_mouse(self.page, box, stroke)
-                else:
-                    draw_with_touch(touch_session, box, stroke)
-        return self.settled(info.value)
-
-    def settled(self, response) -> dict:
-        """Wait until the page has shown `response` and has nothing more in flight; returns its JSON."""
-        assert response.ok, response.text()
-        answer = response.json()
-        expect(self.result).to_have_attribute("aria-busy", "false")
-        expect(self.digit).to_have_text(str(answer["digit"]))
-        return answer
-
-    def expect_prompt(self) -> None:
-        expect(self.result).to_have_attribute("data-state", "empty")
-        expect(self.digit).to_have_text("?")
-        expect(self.page.locator("#verdict-text")).to_have_text("Draw a digit")
-        expect(self.bars).to_have_count(0)
-        assert ink_pixels(self.page, "#pad") == 0
-
-    def sent_strokes(self, request) -> list:
-        return request.post_data_json["strokes"]
+@pytest.fixture
+def browser_context_args(browser_context_args, base_url):
+    """This module's server, whichever browser test module ran first in the session."""
+    return {**browser_context_args, "base_url": base_url}
 
 
 @pytest.fixture

@@ -1,0 +1,211 @@
+"""Training jobs and user feedback in one SQLite file, shared by every server process and the workers.
+
+WAL mode and a busy timeout let several processes read and write at once; every write is its own
+transaction, so a killed process loses nothing that was committed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+QUEUE_GRACE_S = 30.0   # a queued job whose process never reported is given up after this
+HEARTBEAT_GRACE_S = 60.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    recipe TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    heartbeat REAL,
+    pid INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    progress TEXT NOT NULL DEFAULT '{}',
+    curve TEXT NOT NULL DEFAULT '[]',
+    history TEXT NOT NULL DEFAULT '[]',
+    metrics TEXT,
+    model_version TEXT,
+    promoted INTEGER,
+    decision TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    label INTEGER NOT NULL CHECK (label BETWEEN 0 AND 9),
+    predicted INTEGER,
+    confidence REAL,
+    model_version TEXT,
+    pixels BLOB NOT NULL
+);
+"""
+
+
+class JobConflict(Exception):
+    """Another job is queued or running."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+class Store:
+    """The SQLite file. Cheap to construct; each call opens its own short-lived connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self):
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA synchronous=FULL")
+        try:
+            yield db
+        finally:
+            db.close()
+
+    # --- jobs ---------------------------------------------------------------------------------
+    def create_job(self, recipe: dict) -> str:
+        """Insert a queued job, or raise JobConflict if one is queued or running (atomically)."""
+        job_id = uuid.uuid4().hex[:12]
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._expire_dead(db)
+                row = db.execute("SELECT id FROM jobs WHERE status IN (?, ?)", ACTIVE_STATES).fetchone()
+                if row:
+                    raise JobConflict(row["id"])
+                db.execute("INSERT INTO jobs (id, status, recipe, created_at) VALUES (?, 'queued', ?, ?)",
+                           (job_id, json.dumps(recipe), time.time()))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return job_id
+
+    def update_job(self, job_id: str, **fields) -> None:
+        """Set columns; dicts and lists are stored as JSON."""
+        if not fields:
+            return
+        values = [json.dumps(v) if isinstance(v, (dict, list)) else v for v in fields.values()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self._connect() as db:
+            db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
+
+    def finish_job(self, job_id: str, status: str, **fields) -> None:
+        assert status in FINAL_STATES, f"not a final state: {status}"
+        self.update_job(job_id, status=status, finished_at=time.time(), **fields)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._connect() as db:
+            row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row["cancel_requested"])
+
+    def get_job(self, job_id: str) -> dict | None:
+        with self._connect() as db:
+            self._expire_dead(db)
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job_dict(row) if row else None
+
+    def list_jobs(self, limit: int = 50) -> list[dict]:
+        with self._connect() as db:
+            self._expire_dead(db)
+            rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        return [_job_dict(row) for row in rows]
+
+    def active_job(self) -> dict | None:
+        with self._connect() as db:
+            self._expire_dead(db)
+            row = db.execute("SELECT * FROM jobs WHERE status IN (?, ?)", ACTIVE_STATES).fetchone()
+        return _job_dict(row) if row else None
+
+    def request_cancel(self, job_id: str) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+
+    def _expire_dead(self, db) -> None:
+        """Mark queued/running jobs whose process is gone as interrupted, so none stays 'running' forever."""
+        now = time.time()
+        for row in db.execute("SELECT id, status, pid, created_at, heartbeat FROM jobs WHERE status IN (?, ?)",
+                              ACTIVE_STATES).fetchall():
+            if row["pid"] is None:
+                dead = now - row["created_at"] > QUEUE_GRACE_S
+            else:
+                dead = not process_alive(row["pid"]) or now - (row["heartbeat"] or now) > HEARTBEAT_GRACE_S
+            if dead:
+                db.execute("UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? "
+                           "WHERE id = ? AND status IN (?, ?)",
+                           (now, "the training process stopped without finishing (killed or restarted)",
+                            row["id"], *ACTIVE_STATES))
+
+    # --- feedback -------------------------------------------------------------------------------
+    def add_feedback(self, pixels: np.ndarray, label: int, predicted: int | None, confidence: float | None,
+                     model_version: str | None) -> int:
+        """Store one preprocessed 28x28 sample with its true label; returns its id."""
+        blob = np.asarray(pixels, dtype=np.float32).reshape(784).tobytes()
+        with self._connect() as db:
+            cursor = db.execute("INSERT INTO feedback (created_at, label, predicted, confidence, model_version, "
+                                "pixels) VALUES (?, ?, ?, ?, ?, ?)",
+                                (time.time(), int(label), predicted, confidence, model_version, blob))
+            return int(cursor.lastrowid)
+
+    def feedback_summary(self) -> dict:
+        """Counts per true label and how often the model was right."""
+        with self._connect() as db:
+            rows = db.execute("SELECT label, COUNT(*) AS n, SUM(predicted = label) AS right FROM feedback "
+                              "GROUP BY label").fetchall()
+        per_label = {str(d): {"count": 0, "model_right": 0} for d in range(10)}
+        for row in rows:
+            per_label[str(row["label"])] = {"count": row["n"], "model_right": int(row["right"] or 0)}
+        total = sum(v["count"] for v in per_label.values())
+        right = sum(v["model_right"] for v in per_label.values())
+        return {"total": total, "model_right": right,
+                "model_accuracy": right / total if total else None, "per_label": per_label}
+
+    def feedback_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """All feedback as X (N, 784) float32 and y (N,) int64, oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT label, pixels FROM feedback ORDER BY id").fetchall()
+        X = np.array([np.frombuffer(r["pixels"], dtype=np.float32) for r in rows], dtype=np.float32)
+        return X.reshape(-1, 784), np.array([r["label"] for r in rows], dtype=np.int64)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs and is not a zombie (a finished child nobody has reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _job_dict(row: sqlite3.Row) -> dict:
+    job = dict(row)
+    for key in ("recipe", "progress", "curve", "history", "metrics"):
+        job[key] = json.loads(job[key]) if job[key] else None
+    job["promoted"] = None if job["promoted"] is None else bool(job["promoted"])
+    job["cancel_requested"] = bool(job["cancel_requested"])
+    return job

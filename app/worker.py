@@ -1,0 +1,146 @@
+"""The training process behind `POST /train`: runs one job from the store and records every step.
+
+Started by the service as `python -m app.worker --db ... --job ID ...`, in its own process (never in
+the server's event loop or threads), at low CPU priority so /predict keeps its latency. It calls the
+same `model.pipeline.train_and_save` as `digits train`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+
+from app.jobs import Store
+from model.data import load_mnist
+from model.pipeline import train_and_save
+from model.registry import active_path, set_active
+from model.train import Progress, Recipe, TrainingCancelled
+from model.weights import WeightsError, read_meta
+
+log = logging.getLogger("digits.worker")
+PROGRESS_EVERY_S = 0.5
+CANCEL_POLL_S = 0.2
+MAX_CURVE_POINTS = 400
+
+
+def promotion_decision(candidate: dict, weights_dir: Path, policy: str) -> tuple[bool, str]:
+    """Whether the new model becomes active, and why (recorded with the job)."""
+    new_acc = candidate["metrics"]["val_accuracy"]
+    try:
+        active = read_meta(active_path(weights_dir))
+    except WeightsError as exc:
+        return True, f"promoted: there was no usable active model ({exc})"
+    old_acc = (active.get("metrics") or {}).get("val_accuracy")
+    if policy == "always":
+        return True, f"promoted: the recipe says always (validation {new_acc:.4f}, active {old_acc})"
+    if old_acc is None:
+        return True, f"promoted: the active model {active['version']} records no validation accuracy"
+    if new_acc >= old_acc:
+        return True, f"promoted: validation accuracy {new_acc:.4f} >= active {active['version']}'s {old_acc:.4f}"
+    return False, f"kept {active['version']}: its validation accuracy {old_acc:.4f} beats the new {new_acc:.4f}"
+
+
+class JobReporter:
+    """Turns the training loop's callbacks into throttled writes to the store, and answers `should_stop`."""
+
+    def __init__(self, store: Store, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+        self.started = time.time()
+        self.curve: list[dict] = []
+        self.history: list[dict] = []
+        self._last_write = self._last_poll = 0.0
+        self._stop = False
+
+    def stop(self, *_):
+        self._stop = True
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._last_poll >= CANCEL_POLL_S:
+            self._last_poll = now
+            self._stop = self.store.cancel_requested(self.job_id)
+        return self._stop
+
+    def on_progress(self, p: Progress) -> None:
+        now = time.time()
+        elapsed = now - self.started
+        self.curve.append({"progress": round(p.fraction, 5), "loss": round(p.loss, 5)})
+        if len(self.curve) > MAX_CURVE_POINTS:
+            self.curve = self.curve[::2]
+        if p.epoch_done:
+            self.history.append({"epoch": p.epoch, "loss": p.loss, "val_accuracy": p.val_accuracy})
+        if not p.epoch_done and now - self._last_write < PROGRESS_EVERY_S:
+            return
+        self._last_write = now
+        progress = {"epoch": p.epoch, "n_epochs": p.n_epochs, "step": p.step, "n_steps": p.n_steps,
+                    "fraction": p.fraction, "loss": p.loss, "samples_per_s": p.samples_per_s,
+                    "elapsed_s": elapsed,
+                    "eta_s": elapsed * (1 - p.fraction) / p.fraction if p.fraction > 0 else None}
+        self.store.update_job(self.job_id, progress=progress, curve=self.curve, history=self.history,
+                              heartbeat=now)
+
+
+def run_job(store: Store, job_id: str, weights_dir: Path, data_dir: Path) -> str:
+    """Run the job to a final state; returns that state. Never raises for a training failure."""
+    job = store.get_job(job_id)
+    if job is None or job["status"] != "queued":
+        raise SystemExit(f"job {job_id} is not queued")
+    reporter = JobReporter(store, job_id)
+    signal.signal(signal.SIGTERM, reporter.stop)
+    store.update_job(job_id, status="running", pid=os.getpid(), started_at=time.time(), heartbeat=time.time())
+    recipe_fields = dict(job["recipe"])
+    policy = recipe_fields.pop("promote", "if_better")
+    include_feedback = recipe_fields.pop("include_feedback", False)
+    try:
+        recipe = Recipe(**recipe_fields)
+        data = load_mnist(data_dir, validation_size=recipe.validation_size)
+        feedback = store.feedback_samples() if include_feedback else None
+        if reporter.should_stop():
+            raise TrainingCancelled("cancelled before training started")
+        tmp_path = weights_dir / f".job-{job_id}.npz"
+        meta = train_and_save(recipe, data, tmp_path, reporter.on_progress, reporter.should_stop,
+                              extra_meta={"job_id": job_id}, feedback=feedback)
+        final_path = weights_dir / f"{meta['version']}.npz"
+        os.replace(tmp_path, final_path)
+        promoted, reason = promotion_decision(meta, weights_dir, policy)
+        if promoted:
+            set_active(weights_dir, final_path.name)
+        store.finish_job(job_id, "succeeded", metrics=meta["metrics"], model_version=meta["version"],
+                         promoted=int(promoted), decision=reason, history=reporter.history,
+                         curve=reporter.curve)
+        log.info("job %s: %s", job_id, reason)
+        return "succeeded"
+    except TrainingCancelled as exc:
+        store.finish_job(job_id, "cancelled", error=str(exc))
+        return "cancelled"
+    except Exception as exc:  # any failure is recorded with the job, and the process ends cleanly
+        log.exception("job %s failed", job_id)
+        store.finish_job(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        for leftover in weights_dir.glob(f".job-{job_id}.npz*"):
+            leftover.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="run one training job from the store")
+    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--weights-dir", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.nice(10)  # serving requests comes first
+    with threadpool_limits(limits=1):  # leave the other core to the server
+        state = run_job(Store(args.db), args.job, args.weights_dir, args.data_dir)
+    return 0 if state in ("succeeded", "cancelled") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

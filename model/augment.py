@@ -1,0 +1,76 @@
+"""On-the-fly augmentation of (N, 784) batches, vectorised and seeded: random affine maps (shift,
+rotation, scale, shear) and elastic distortions (Simard et al., 2003), resampled bilinearly.
+
+No Python loop over examples or pixels: every sample's sampling grid is built and read at once.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+SIDE = 28
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Ranges of the random transforms; each sample draws its own."""
+    max_shift: float = 2.0        # pixels, each axis
+    max_rotation: float = 12.0    # degrees
+    max_scale: float = 0.1        # scale in [1 - s, 1 + s]
+    max_shear: float = 0.15       # shear factor
+    elastic_alpha: float = 0.0    # strength (0 = off); Simard et al. used 34 with sigma 4
+    elastic_sigma: float = 4.0    # smoothness of the displacement field, pixels
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _gaussian_matrix(sigma: float, n: int = SIDE) -> np.ndarray:
+    """(n, n) matrix that blurs a length-n signal with a Gaussian (zero beyond the edges)."""
+    d = np.arange(n)[:, None] - np.arange(n)[None, :]
+    G = np.exp(-0.5 * (d / sigma) ** 2)
+    return (G / G.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def augment(X: np.ndarray, rng: np.random.Generator, aug: Augmentation = Augmentation()) -> np.ndarray:
+    """X: (N, 784) float32 in [0, 1] -> (N, 784) randomly transformed copies."""
+    N = len(X)
+    imgs = X.reshape(N, SIDE, SIDE)
+    angle = np.deg2rad(rng.uniform(-aug.max_rotation, aug.max_rotation, N))
+    scale = rng.uniform(1 - aug.max_scale, 1 + aug.max_scale, N)
+    shear = rng.uniform(-aug.max_shear, aug.max_shear, N)
+    shift = rng.uniform(-aug.max_shift, aug.max_shift, (N, 2))
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    # Inverse map, output -> input coordinates: rotation/scale, then shear along x. (N, 2, 2)
+    A = np.empty((N, 2, 2))
+    A[:, 0, 0], A[:, 0, 1] = cos, -sin
+    A[:, 1, 0], A[:, 1, 1] = sin + shear * cos, cos - shear * sin
+    centre = (SIDE - 1) / 2
+    gr, gc = np.meshgrid(np.arange(SIDE) - centre, np.arange(SIDE) - centre, indexing="ij")  # (28, 28)
+    A = A.astype(np.float32)[:, :, :, None, None]
+    offset = (centre - shift).astype(np.float32)[:, :, None, None]
+    coords = A[:, :, 0] * gr.astype(np.float32) + A[:, :, 1] * gc.astype(np.float32) + offset  # (N, 2, 28, 28)
+    if aug.elastic_alpha > 0:
+        # Simard et al.: uniform noise in [-1, 1], smoothed by a Gaussian, times alpha.
+        G = _gaussian_matrix(aug.elastic_sigma)
+        noise = rng.uniform(-1, 1, (N, 2, SIDE, SIDE)).astype(np.float32)
+        coords += aug.elastic_alpha * (G @ noise @ G.T)  # (N, 2, 28, 28) displacement
+    return bilinear_sample(imgs, coords).reshape(N, SIDE * SIDE)
+
+
+def bilinear_sample(imgs: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Read imgs (N, H, W) at fractional coords (N, 2, H, W) (rows, cols); zero outside. -> (N, H, W) float32."""
+    N, H, W = imgs.shape
+    padded = np.zeros((N, H + 2, W + 2), dtype=np.float32)  # a zero border makes outside reads zero
+    padded[:, 1:-1, 1:-1] = imgs
+    r = np.clip(coords[:, 0] + 1, 0, H + 0.999)
+    c = np.clip(coords[:, 1] + 1, 0, W + 0.999)
+    r0, c0 = r.astype(np.intp), c.astype(np.intp)  # floor: both are non-negative
+    fr, fc = r - r0, c - c0
+    width = W + 2
+    idx = r0 * width + c0 + (np.arange(N) * (H + 2) * width)[:, None, None]  # top-left neighbour, flat
+    flat = padded.ravel()
+    top = flat[idx] + fc * (flat[idx + 1] - flat[idx])
+    bottom = flat[idx + width] + fc * (flat[idx + width + 1] - flat[idx + width])
+    return top + fr * (bottom - top)

@@ -1,0 +1,279 @@
+"""End to end against real uvicorn servers: training jobs, cancellation, auth, restarts, feedback
+durability and hot-swap under load with two workers. Trains on the real MNIST (one epoch at a time)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from model.registry import ACTIVE_FILE
+from model.weights import read_meta
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+STROKES_ONE = [[[100, 20], [102, 140], [104, 260]]]
+
+
+class Server:
+    """`digits serve` in its own process group, so a test can kill it and all its workers at once."""
+
+    def __init__(self, tmp: Path, mnist_dir: Path, workers: int = 1, **env) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
+        self.env.update(DIGITS_WEIGHTS_DIR=str(tmp / "weights"), DIGITS_DB_PATH=str(tmp / "db" / "digits.sqlite3"),
+                        DIGITS_DATA_DIR=str(mnist_dir), **env)
+        self.workers, self.proc, self.url = workers, None, None
+
+    def start(self) -> "Server":
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers",
+                                      str(self.workers), "--log-level", "warning"], cwd=ROOT, env=self.env,
+                                     start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {self.proc.stderr.read().decode()[-3000:]}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers, as a crash would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+
+@pytest.fixture
+def tmp_state(tmp_path) -> Path:
+    """A private copy of the shipped weights folder and an empty database folder."""
+    (tmp_path / "weights").mkdir()
+    for path in (ROOT / "weights").glob("*.npz"):
+        shutil.copy(path, tmp_path / "weights" / path.name)
+    shutil.copy(ROOT / "weights" / ACTIVE_FILE, tmp_path / "weights" / ACTIVE_FILE)
+    return tmp_path
+
+
+@pytest.fixture
+def server(tmp_state, mnist_dir):
+    srv = Server(tmp_state, mnist_dir).start()
+    yield srv
+    srv.stop()
+
+
+def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/train/{job_id}").json()
+        if job["status"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not reach {states} in {timeout} s: {job}")
+
+
+def wait_until_training(client: httpx.Client, job_id: str) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = client.get(f"/train/{job_id}").json()
+        if job["status"] == "running" and job["step"]:
+            return job
+        assert job["status"] in ("queued", "running"), job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never started its steps")
+
+
+def test_a_training_job_succeeds_and_predict_then_answers_with_the_new_version(server):
+    with server.client() as client:
+        old_version = client.get("/model").json()["version"]
+        response = client.post("/train", json={"architecture": "seed", "epochs": 1, "promote": "always"})
+        assert response.status_code == 202
+        job_id = response.json()["job_id"]
+        assert response.json()["status"] == "queued"
+        assert response.headers["location"] == f"/train/{job_id}"
+        job = wait_for(client, job_id, ("succeeded", "failed", "interrupted"))
+        assert job["status"] == "succeeded", job
+        assert job["progress"] == 1.0 and job["promoted"] is True
+        assert job["decision"].startswith("promoted")
+        assert len(job["history"]) == 1 and 0.9 < job["history"][0]["val_accuracy"] <= 1
+        assert job["metrics"]["val_accuracy"] == job["history"][0]["val_accuracy"]
+        assert job["curve"] and all(0 < p["progress"] <= 1 for p in job["curve"])
+        new_version = job["model_version"]
+        assert new_version != old_version
+        deadline = time.monotonic() + 5
+        while client.post("/predict", json={"strokes": STROKES_ONE}).json()["model_version"] != new_version:
+            assert time.monotonic() < deadline, "the server did not switch to the new model"
+            time.sleep(0.1)
+        assert client.get("/model").json()["version"] == new_version
+        versions = {m["version"]: m for m in client.get("/models").json()["models"]}
+        assert versions[new_version]["active"] and not versions[old_version]["active"]
+        assert versions[new_version]["job_id"] == job_id
+        # roll back, then the job list shows the finished job
+        assert client.post(f"/models/{old_version}/activate").json() == {"active": old_version}
+        assert client.post("/predict", json={"strokes": STROKES_ONE}).json()["model_version"] == old_version
+        assert client.get("/train").json()["jobs"][0]["job_id"] == job_id
+
+
+def test_a_worse_model_is_not_promoted_unless_asked(server):
+    with server.client() as client:
+        active = client.get("/model").json()["version"]
+        job_id = client.post("/train", json={"epochs": 1, "learning_rate": 0.001, "lr_decay": 1.0}).json()["job_id"]
+        job = wait_for(client, job_id, ("succeeded", "failed"))
+        assert job["status"] == "succeeded" and job["promoted"] is False
+        assert job["decision"].startswith(f"kept {active}")
+        assert client.get("/model").json()["version"] == active
+
+
+def test_events_stream_progress_and_end_with_done(server):
+    with server.client() as client:
+        job_id = client.post("/train", json={"epochs": 1}).json()["job_id"]
+        events = []
+        with client.stream("GET", f"/train/{job_id}/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    events.append(line.split(":", 1)[1].strip())
+        assert events[-1] == "done" and events.count("done") == 1
+        assert events.count("progress") >= 2
+        assert client.get(f"/train/{job_id}").json()["status"] == "succeeded"
+
+
+def test_a_second_job_gets_409_and_delete_cancels_within_two_seconds(server):
+    with server.client() as client:
+        job_id = client.post("/train", json={"epochs": 30}).json()["job_id"]
+        second = client.post("/train", json={"epochs": 1})
+        assert second.status_code == 409
+        assert job_id in second.json()["detail"]
+        wait_until_training(client, job_id)
+        started = time.monotonic()
+        assert client.delete(f"/train/{job_id}").status_code == 200
+        job = wait_for(client, job_id, ("cancelled", "failed", "succeeded"), timeout=10)
+        assert job["status"] == "cancelled"
+        assert time.monotonic() - started < 2.0
+        assert client.delete(f"/train/{job_id}").status_code == 409
+        assert client.post("/train", json={"epochs": 1}).status_code == 202  # free again
+        assert client.get("/train/nope").status_code == 404
+
+
+def test_with_a_token_training_needs_it(tmp_state, mnist_dir):
+    srv = Server(tmp_state, mnist_dir, DIGITS_ADMIN_TOKEN="s3cret").start()
+    try:
+        with srv.client() as client:
+            assert client.post("/train", json={"epochs": 1}).status_code == 401
+            wrong = client.post("/train", json={"epochs": 1}, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 403
+            version = client.get("/model").json()["version"]
+            assert client.post(f"/models/{version}/activate").status_code == 401
+            right = client.post("/train", json={"epochs": 1}, headers={"Authorization": "Bearer s3cret"})
+            assert right.status_code == 202
+            job_id = right.json()["job_id"]
+            assert client.delete(f"/train/{job_id}").status_code == 401
+            assert client.delete(f"/train/{job_id}", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+            assert client.get(f"/train/{job_id}").status_code == 200  # reading needs no token
+    finally:
+        srv.stop()
+
+
+def test_a_job_whose_process_died_with_the_server_is_interrupted_after_restart(tmp_state, mnist_dir):
+    srv = Server(tmp_state, mnist_dir).start()
+    with srv.client() as client:
+        job_id = client.post("/train", json={"epochs": 30}).json()["job_id"]
+        job = wait_until_training(client, job_id)
+    pid = int(subprocess.check_output(["pgrep", "-f", "--", f"--job {job_id}"]).split()[0])
+    srv.kill()
+    os.kill(pid, signal.SIGKILL)  # the machine went down: server and trainer both gone
+    srv.start()
+    try:
+        with srv.client() as client:
+            job = client.get(f"/train/{job_id}").json()
+            assert job["status"] == "interrupted"
+            assert "stopped without finishing" in job["error"]
+            assert client.post("/train", json={"epochs": 1}).status_code == 202  # not blocked by the dead job
+    finally:
+        srv.stop()
+
+
+def test_feedback_survives_concurrent_writes_a_killed_server_and_a_restart(tmp_state, mnist_dir):
+    srv = Server(tmp_state, mnist_dir, workers=2).start()
+    try:
+        def send(i):
+            with srv.client() as client:
+                return client.post("/feedback", json={"strokes": STROKES_ONE, "label": i % 10}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(send, range(60)))
+        assert codes == [201] * 60
+        srv.kill()
+        srv.start()
+        with srv.client() as client:
+            summary = client.get("/feedback").json()
+        assert summary["total"] == 60
+        assert all(summary["per_label"][str(d)]["count"] == 6 for d in range(10))
+        assert summary["per_label"]["1"]["model_right"] == 6  # a vertical stroke is a 1
+    finally:
+        srv.stop()
+
+
+def test_two_workers_swap_models_under_load_without_one_failed_request(tmp_state, mnist_dir):
+    weights = tmp_state / "weights"
+    shipped = read_meta(weights / (weights / ACTIVE_FILE).read_text().strip())
+    # A second version to swap to: the same network under another version name.
+    second = weights / "second.npz"
+    with np.load(weights / (weights / ACTIVE_FILE).read_text().strip()) as npz:
+        arrays = {k: npz[k] for k in npz.files if k != "meta"}
+    import json
+    meta = {**shipped, "version": "second-version"}
+    np.savez(second, **arrays, meta=np.array(json.dumps(meta)))
+    srv = Server(tmp_state, mnist_dir, workers=2).start()
+    try:
+        stop_at = time.monotonic() + 8
+        seen, failures = set(), []
+
+        def hammer(_):
+            with srv.client() as client:
+                count = 0
+                while time.monotonic() < stop_at:
+                    r = client.post("/predict", json={"strokes": STROKES_ONE})
+                    if r.status_code != 200:
+                        failures.append(r.status_code)
+                    else:
+                        seen.add(r.json()["model_version"])
+                    count += 1
+                return count
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(hammer, i) for i in range(5)]
+            with srv.client() as admin:
+                for version in ["second-version", shipped["version"]] * 3:
+                    time.sleep(1)
+                    assert admin.post(f"/models/{version}/activate").status_code == 200
+            total = sum(f.result() for f in futures)
+        assert failures == []
+        assert seen == {"second-version", shipped["version"]}
+        assert total > 100
+    finally:
+        srv.stop()
