@@ -5,7 +5,9 @@ for a bounded time at a fixed concurrency, and prints figures against the GET /h
 measured in the same run. wrk (Debian's package) is the load generator when installed; otherwise an
 async httpx client in a subprocess.
 
-    python benchmarks/serve_load.py [--duration 5] [--concurrency 16] [--workers 1]
+    python benchmarks/serve_load.py [--duration 5] [--concurrency 16] [--workers 1] [--data-dir DIR]
+
+Also measures /predict (strokes) while a training job runs, as a p99 ratio to idle.
 """
 from __future__ import annotations
 
@@ -39,10 +41,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(workers: int, blas_threads: int, weights_dir: Path):
-    """A real `digits serve` on a free loopback port; yields its base URL."""
+def server(workers: int, blas_threads: int, weights_dir: Path, **env_extra: str):
+    """A real `digits serve` on a free loopback port, over a private copy of the weights folder and a
+    private database (a training job must not change the repository's active model); yields its URL."""
     port = free_port()
-    env = {**os.environ, "DIGITS_WEIGHTS_DIR": str(weights_dir), "DIGITS_BLAS_THREADS": str(blas_threads)}
+    state = Path(tempfile.mkdtemp(prefix="digits-bench-"))
+    shutil.copytree(weights_dir, state / "weights", ignore=shutil.ignore_patterns("README.md"))
+    env = {**os.environ, "DIGITS_WEIGHTS_DIR": str(state / "weights"), "DIGITS_BLAS_THREADS": str(blas_threads),
+           "DIGITS_DB_PATH": str(state / "digits.sqlite3"), **env_extra}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers",
                              str(workers), "--log-level", "warning"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -62,6 +68,7 @@ def server(workers: int, blas_threads: int, weights_dir: Path):
     finally:
         proc.terminate()
         proc.wait(10)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def payloads() -> dict[str, dict | None]:
@@ -152,7 +159,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
     parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
+    parser.add_argument("--data-dir", type=Path, help="MNIST, for the run during training "
+                                                      "(default: $DIGITS_DATA_DIR, else ../shared/mnist)")
     args = parser.parse_args()
+    if args.data_dir is None:
+        candidate = Path(os.environ.get("DIGITS_DATA_DIR") or ROOT.parent / "shared" / "mnist")
+        args.data_dir = candidate if candidate.is_dir() else None
     bodies = payloads()
     print(f"digits serve, {args.workers} worker(s), concurrency {args.concurrency}, {args.duration:g} s each, "
           f"client {args.client}, {os.cpu_count()} CPUs")
@@ -172,6 +184,26 @@ def main() -> int:
         goal = "baseline, p99 < 50 ms" if target is None else f">= {target:.0%} of healthz, p99 < 50 ms"
         print(f"{name:<10}{r['rps']:>10,.0f}{ratio:>11.0%} {r['p50']:>9.2f}{r['p99']:>9.2f}{r['failed']:>8}   "
               f"{goal}: {'met' if met else 'MISSED'} {r['socket_errors']}")
+
+    # /predict while a job trains: the job runs in its own process at low priority with one BLAS thread.
+    if args.data_dir is not None:
+        with server(args.workers, 1, args.weights_dir, DIGITS_DATA_DIR=str(args.data_dir)) as url:
+            idle = measure(url, bodies["strokes"], args.duration, args.concurrency, args.client)
+            job = httpx.post(url + "/train", json={"epochs": 50}, timeout=10).json()
+            deadline = time.monotonic() + 60
+            while (state := httpx.get(f"{url}/train/{job['job_id']}").json())["step"] is None:
+                if state["status"] not in ("queued", "running") or time.monotonic() > deadline:
+                    raise RuntimeError(f"the training job did not start: {state}")
+                time.sleep(0.2)
+            busy = measure(url, bodies["strokes"], args.duration, args.concurrency, args.client)
+            httpx.delete(f"{url}/train/{job['job_id']}")
+        ratio = busy["p99"] / idle["p99"]
+        print(f"\nstrokes while a job trains: {busy['rps']:,.0f} req/s, p99 {busy['p99']:.2f} ms; idle "
+              f"{idle['rps']:,.0f} req/s, p99 {idle['p99']:.2f} ms; p99 ratio {ratio:.2f} (target <= 2): "
+              f"{'met' if ratio <= 2 and busy['failed'] == 0 else 'MISSED'}")
+        ok &= ratio <= 2 and busy["failed"] == 0
+    else:
+        print("\nno MNIST folder (--data-dir, $DIGITS_DATA_DIR or ../shared/mnist): training run skipped")
 
     # Why BLAS is pinned to one thread per process: the same pixels load with BLAS free to use every core.
     with server(args.workers, os.cpu_count() or 1, args.weights_dir) as url:
