@@ -66,8 +66,9 @@ def bilinear_sample(imgs: np.ndarray, coords: np.ndarray) -> np.ndarray:
     padded[:, 1:-1, 1:-1] = imgs
     r = np.clip(coords[:, 0] + 1, 0, H + 0.999)
     c = np.clip(coords[:, 1] + 1, 0, W + 0.999)
-    r0, c0 = r.astype(np.intp), c.astype(np.intp)  # floor: both are non-negative
-    fr, fc = r - r0, c - c0
+    r0f, c0f = np.floor(r), np.floor(c)
+    r0, c0 = r0f.astype(np.intp), c0f.astype(np.intp)
+    fr, fc = r - r0f, c - c0f  # float32, like the images
     width = W + 2
     idx = r0 * width + c0 + (np.arange(N) * (H + 2) * width)[:, None, None]  # top-left neighbour, flat
     flat = padded.ravel()

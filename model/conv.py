@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from model.layers import DTYPE, Layer
+from model.layers import DTYPE, Layer, register
 
 
 class Reshape(Layer):
@@ -115,3 +115,6 @@ class Flatten(Layer):
 
     def backward(self, dY):
         return dY.reshape(self._in_shape)
+
+
+register(Reshape, Conv2D, MaxPool2D, Flatten)

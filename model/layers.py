@@ -51,7 +51,9 @@ class Dense(Layer):
         """X: (N, n_in) -> (N, n_out)."""
         if training:
             self._X = X
-        return X @ self.params["W"] + self.params["b"]  # (N, n_out)
+        Z = X @ self.params["W"]  # (N, n_out)
+        Z += self.params["b"]  # in place: `+ b` would allocate and fill a second (N, n_out) array
+        return Z
 
     def backward(self, dZ):
         """dZ: (N, n_out) -> dX (N, n_in), or None for the first layer; fills grads W and b."""
@@ -107,19 +109,59 @@ def softmax(Z: np.ndarray) -> np.ndarray:
     return E
 
 
-LAYER_TYPES: dict[str, type[Layer]] = {"dense": Dense, "relu": ReLU}
+class Dropout(Layer):
+    """Inverted dropout: in training, zero a `rate` share of activations and scale the rest by 1/(1-rate)."""
+    kind = "dropout"
+
+    def __init__(self, rate: float, rng: np.random.Generator | None = None) -> None:
+        super().__init__()
+        if not 0 <= rate < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.rng = np.random.default_rng(rng.integers(2**63) if rng is not None else 0)
+
+    def forward(self, X, training=False):
+        if not training or self.rate == 0:
+            return X
+        self._mask = (self.rng.random(X.shape, dtype=np.float32) >= self.rate) * DTYPE(1 / (1 - self.rate))
+        return X * self._mask
+
+    def backward(self, dY):
+        dY *= self._mask
+        return dY
+
+    def spec(self):
+        return {"type": self.kind, "rate": self.rate}
+
+
+LAYER_TYPES: dict[str, type[Layer]] = {}
+PARAMETRISED = ("n_in", "n_out", "kernel")  # integer sizes a spec must give as positive integers
+
+
+def register(*classes: type[Layer]) -> None:
+    """Make layer classes buildable from their spec's "type" (see `model.conv` for more)."""
+    LAYER_TYPES.update({cls.kind: cls for cls in classes})
+
+
+register(Dense, ReLU, Dropout)
 
 
 def build_layer(spec: dict, rng: np.random.Generator | None = None) -> Layer:
     """Rebuild a layer from its `spec()`; unknown types and bad sizes raise ValueError."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"a layer spec must be an object with a 'type', got {spec!r}")
     kind = spec.get("type")
     if kind not in LAYER_TYPES:
         raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
     cls = LAYER_TYPES[kind]
     args = {k: v for k, v in spec.items() if k != "type"}
-    if cls is Dense:
-        for key in ("n_in", "n_out"):
-            if not isinstance(args.get(key), int) or args[key] <= 0:
-                raise ValueError(f"dense layer needs a positive integer {key!r}, got {args.get(key)!r}")
-        return Dense(args["n_in"], args["n_out"], rng)
-    return cls()
+    for key in PARAMETRISED:
+        if key in args and (not isinstance(args[key], int) or isinstance(args[key], bool) or args[key] <= 0):
+            raise ValueError(f"{kind} layer needs a positive integer {key!r}, got {args[key]!r}")
+    if cls in (Dense,) and not all(key in args for key in ("n_in", "n_out")):
+        missing = next(key for key in ("n_in", "n_out") if key not in args)
+        raise ValueError(f"{kind} layer needs a positive integer {missing!r}, got None")
+    try:
+        return cls(**args, rng=rng) if "rng" in cls.__init__.__code__.co_varnames else cls(**args)
+    except TypeError as exc:
+        raise ValueError(f"bad {kind} layer spec {spec}: {exc}") from exc

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import model.conv  # noqa: F401  (registers the convolution layers with build_layer)
 from model.layers import DTYPE, Dense, Layer, SoftmaxCrossEntropy, build_layer, softmax
 
 N_CLASSES = 10
@@ -59,6 +60,8 @@ class Network:
                              f"unexpected {sorted(extra)}")
         for key, target in own.items():
             value = arrays[key]
+            if value.dtype.kind != "f":
+                raise ValueError(f"parameter {key!r} has dtype {value.dtype}, not floating point")
             if value.shape != target.shape:
                 raise ValueError(f"parameter {key!r} has shape {value.shape}, the architecture needs {target.shape}")
             if not np.all(np.isfinite(value)):
@@ -83,14 +86,21 @@ class Network:
         for layer in reversed(self.layers):
             dA = layer.backward(dA)
 
+    def l2_penalty(self, l2: float) -> float:
+        """0.5 * l2 * sum(W^2) over the weight matrices (`weight_keys`), not the biases."""
+        if not l2:
+            return 0.0
+        params = self.parameters()
+        return 0.5 * l2 * sum(float(np.vdot(params[key], params[key])) for key in self.weight_keys())
+
     def loss_and_gradients(self, X: np.ndarray, y: np.ndarray, l2: float = 0.0) -> float:
         """One forward and backward pass; returns the loss including 0.5 * l2 * sum(W^2)."""
         loss = self.loss.forward(self.forward(X, training=True), y)
         self.backward(self.loss.backward())
         if l2:
+            loss += self.l2_penalty(l2)
             params, grads = self.parameters(), self.gradients()
             for key in self.weight_keys():
-                loss += 0.5 * l2 * float(np.vdot(params[key], params[key]))
                 grads[key] += DTYPE(l2) * params[key]
         return loss
 

@@ -17,12 +17,21 @@ class SGD:
         self.nesterov = nesterov
         self._velocity: dict[str, np.ndarray] = {}
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
-        """P -= lr * G (G, or the momentum form of it), in place; `grads` is used as scratch space."""
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+             weight_decay: dict[str, float] | None = None) -> None:
+        """P -= lr * G (G, or the momentum form of it), in place; `grads` is used as scratch space.
+
+        `weight_decay` maps keys to an L2 coefficient l2, making G + l2 * P the gradient. Without momentum
+        that is applied as P *= 1 - lr * l2: one pass over the weights and no temporary, where adding
+        l2 * P to G first takes two and a temporary the size of the weights."""
         lr, mu = np.float32(self.learning_rate), np.float32(self.momentum)
+        weight_decay = weight_decay or {}
         for key, P in params.items():
             G = grads[key]
+            l2 = weight_decay.get(key, 0.0)
             if self.momentum:
+                if l2:
+                    G += np.float32(l2) * P
                 V = self._velocity.setdefault(key, np.zeros_like(P))
                 V *= mu
                 V += G  # V = mu * V + G
@@ -30,5 +39,7 @@ class SGD:
                     G += mu * V
                 else:
                     G[...] = V
+            elif l2:
+                P *= np.float32(1 - self.learning_rate * l2)
             G *= lr
             P -= G

@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from model.augment import augment
 from model.network import Network
 from model.optim import SGD
 
@@ -25,6 +26,8 @@ class Recipe:
     momentum: float = 0.0
     l2: float = 1e-4
     seed: int = 0
+    augment: bool = False  # random affine distortions of every batch (model.augment)
+    validation_size: int = 10_000  # training images held out to choose the epoch
 
     def validate(self) -> None:
         checks = [
@@ -34,6 +37,7 @@ class Recipe:
             (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (self.l2 >= 0, "l2 must be non-negative"),
+            (0 <= self.validation_size < 60_000, "validation_size must be in [0, 60000)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -93,6 +97,8 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
     X_train = np.ascontiguousarray(X_train, dtype=np.float32)
     n = len(X_train)
     n_steps = -(-n // recipe.batch_size)
+    weight_decay = dict.fromkeys(network.weight_keys(), recipe.l2)
+    aug_rng = np.random.default_rng([recipe.seed, 1])  # its own stream: augment leaves shuffling unchanged
     best = (-1.0, 0, None)
     history: list[dict] = []
     started = time.perf_counter()
@@ -103,8 +109,10 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
             if should_stop is not None and should_stop():
                 raise TrainingCancelled(f"cancelled in epoch {epoch}, step {step}")
             idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-            loss_sum += network.loss_and_gradients(X_train[idx], y_train[idx], recipe.l2)
-            optimizer.step(network.parameters(), network.gradients())
+            X_batch = X_train[idx] if not recipe.augment else augment(X_train[idx], aug_rng)
+            # L2's gradient goes into the update, not into the gradients: fewer passes over the weights.
+            loss_sum += network.loss_and_gradients(X_batch, y_train[idx]) + network.l2_penalty(recipe.l2)
+            optimizer.step(network.parameters(), network.gradients(), weight_decay)
             if on_progress is not None and ((step + 1) % report_every == 0 or step + 1 == n_steps):
                 done = min((step + 1) * recipe.batch_size, n)
                 on_progress(Progress(epoch, recipe.epochs, step + 1, n_steps, loss_sum / (step + 1),

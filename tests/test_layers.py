@@ -182,3 +182,38 @@ def test_sgd_updates_parameters_in_place():
 def test_sgd_rejects_bad_hyperparameters(learning_rate, momentum, message):
     with pytest.raises(ValueError, match=message):
         SGD(learning_rate, momentum)
+
+
+def test_sgd_weight_decay_is_the_same_as_adding_l2_times_the_weights_to_the_gradient():
+    from model.optim import SGD
+    rng = np.random.default_rng(0)
+    P1 = rng.standard_normal((5, 4)).astype(np.float32)
+    G = rng.standard_normal((5, 4)).astype(np.float32)
+    P2 = P1.copy()
+    SGD(0.1).step({"W": P1}, {"W": G.copy()}, weight_decay={"W": 0.01})
+    SGD(0.1).step({"W": P2}, {"W": G + np.float32(0.01) * P2})
+    np.testing.assert_allclose(P1, P2, rtol=1e-6, atol=1e-7)
+
+
+def test_dropout_zeroes_about_its_rate_scales_the_rest_and_is_off_at_inference():
+    from model.layers import Dropout
+    layer = Dropout(0.25, np.random.default_rng(0))
+    X = np.ones((200, 100), np.float32)
+    out = layer.forward(X.copy(), training=True)
+    assert abs((out == 0).mean() - 0.25) < 0.02
+    np.testing.assert_allclose(out[out > 0], 1 / 0.75)
+    dX = layer.backward(np.ones_like(X))
+    np.testing.assert_array_equal(dX == 0, out == 0)
+    np.testing.assert_array_equal(layer.forward(X, training=False), X)
+    assert build_layer(layer.spec()).rate == 0.25
+    with pytest.raises(ValueError, match="dropout rate"):
+        Dropout(1.0)
+
+
+def test_convolution_layers_are_built_from_their_specs():
+    layer = build_layer({"type": "conv2d", "n_in": 1, "n_out": 8, "kernel": 5})
+    assert layer.params["W"].shape == (25, 8)
+    with pytest.raises(ValueError, match="positive integer 'kernel'"):
+        build_layer({"type": "conv2d", "n_in": 1, "n_out": 8, "kernel": 0})
+    with pytest.raises(ValueError, match="bad conv2d layer spec"):
+        build_layer({"type": "conv2d", "n_in": 1})

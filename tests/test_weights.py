@@ -216,16 +216,12 @@ def test_a_npy_file_instead_of_npz_raises_weights_error(tmp_path):
         load_model(path)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="bug: model/network.py set_parameters calls np.isfinite on any dtype (TypeError for text)")
 def test_a_text_array_raises_weights_error(tiny_weights_path):
     rewrite(set_item("0.b", np.array(["x"] * 8)))(tiny_weights_path)
     with pytest.raises(WeightsError, match="0.b"):
         load_model(tiny_weights_path)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="bug: model/layers.py build_layer calls spec.get on a non-dict layer spec")
 def test_a_layer_spec_that_is_not_an_object_raises_weights_error(tiny_weights_path):
     rewrite(meta_change=with_meta("architecture", {"layers": ["dense"]}))(tiny_weights_path)
     with pytest.raises(WeightsError):

@@ -1,0 +1,166 @@
+"""Time training epochs of each architecture on the 60,000 MNIST training images, with the default recipe.
+
+Prints samples/s, the GFLOP/s the network's own work amounts to, that as a fraction of this machine's
+float32 matrix-multiply peak (measured in the same run and environment), and the peak resident memory.
+Runs the real `model.train.train`; nothing here reimplements a training step.
+
+    python3 -m benchmarks.train_speed [--arch seed|all] [--repeats 5] [--data-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+from model.data import DataError, load_split
+from model.network import ARCHITECTURES, architecture_spec
+from model.train import Progress, Recipe, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TARGET_PEAK_FRACTION = 0.75
+TARGET_MEMORY_MB = 1000
+
+
+def dense_stack_flops(name: str) -> int:
+    """FLOP per training sample of a stack of dense layers (elementwise work not counted).
+
+    Forward 2*n_in*n_out per layer, the same again for the weight gradient, and once more for the
+    gradient w.r.t. the layer's input, except for the first layer (nobody needs d/d pixels).
+    """
+    layers = architecture_spec(name)["layers"]
+    assert {layer["type"] for layer in layers} <= {"dense", "relu"}, f"{name} is not a dense stack"
+    dense = [layer for layer in layers if layer["type"] == "dense"]
+    return sum(2 * d["n_in"] * d["n_out"] * (2 if i == 0 else 3) for i, d in enumerate(dense))
+
+
+# Architecture name -> FLOP per training sample. A new architecture (say a cnn) adds its own function.
+FLOPS_PER_SAMPLE = {
+    "seed": dense_stack_flops,
+}
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("DIGITS_DATA_DIR") or REPO_ROOT.parent / "shared" / "mnist")
+
+
+def load_training_images(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 60,000 MNIST training images; random data of the same shape (with a note) if unavailable."""
+    try:
+        X, y = load_split(data_dir, "train")
+        print(f"data: {len(X):,} MNIST training images from {data_dir}")
+    except DataError as exc:
+        print(f"note: no MNIST training set ({exc})\n"
+              f"      timing on random data of the same shape instead: speed does not depend on the pixels")
+        rng = np.random.default_rng(0)
+        X = rng.random((60_000, 784), dtype=np.float32)
+        y = rng.integers(0, 10, 60_000)
+    return X, y
+
+
+def matmul_gflops(m: int, k: int, n: int, repeats: int) -> float:
+    """Best float32 rate of `A @ B` with A (m, k) and B (k, n), in GFLOP/s."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((m, k), dtype=np.float32)
+    B = rng.standard_normal((k, n), dtype=np.float32)
+    C = np.empty((m, n), dtype=np.float32)
+    np.matmul(A, B, out=C)  # warm-up: thread start-up, page faults
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(A, B, out=C)
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best / 1e9
+
+
+def matmul_rates_in_child(size: int, batch_size: int, repeats: int) -> tuple[float, float]:
+    """(square `size` peak, batch-sized (batch_size, 784) @ (784, 1024) rate) in GFLOP/s, measured by a
+    child process in the same environment, so that the large matrices stay out of this process's RSS."""
+    code = (f"from benchmarks.train_speed import matmul_gflops as f; "
+            f"print(f({size}, {size}, {size}, {repeats}), f({batch_size}, 784, 1024, {20 * repeats}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    peak, batch_rate = map(float, out.stdout.split())
+    return peak, batch_rate
+
+
+def peak_rss_mb() -> float:
+    """High-water resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_epochs(name: str, X: np.ndarray, y: np.ndarray, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` epochs of the default recipe (validation not included)."""
+    recipe = Recipe(architecture=name, epochs=repeats)
+    reports: list[Progress] = []
+    no_val = (np.empty((0, X.shape[1]), np.float32), np.empty(0, np.int64))
+    result = train(recipe, X, y, *no_val, on_progress=reports.append)  # a callback, as the CLI has
+    assert len(reports) >= repeats, "the progress callback was not called"
+    return [record["seconds"] for record in result.history]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="seed", choices=[*FLOPS_PER_SAMPLE, "all"],
+                        help="architecture to time, or 'all' (default: seed)")
+    parser.add_argument("--repeats", type=int, default=5, help="epochs to time; best and median are shown")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help="folder with the MNIST files (default: $DIGITS_DATA_DIR, else ../shared/mnist)")
+    parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matrices for the peak")
+    parser.add_argument("--peak-repeats", type=int, default=5, help="matrix multiplies; the best counts")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    names = list(FLOPS_PER_SAMPLE) if args.arch == "all" else [args.arch]
+    unmeasured = sorted(set(ARCHITECTURES) - set(FLOPS_PER_SAMPLE))
+    if unmeasured:
+        print(f"note: no FLOP count for {', '.join(unmeasured)}; add one to FLOPS_PER_SAMPLE to time them")
+
+    X, y = load_training_images(args.data_dir)
+    blas = ", ".join(f"{pool['internal_api']} {pool['version']} ({pool['num_threads']} threads, "
+                     f"{pool.get('architecture', '?')} kernels)" for pool in threadpool_info()) or "unknown"
+    print(f"BLAS: {blas}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    size, recipe = args.peak_size, Recipe()
+    # Before and after the epochs, the best counts: load from other work comes and goes.
+    before = matmul_rates_in_child(size, recipe.batch_size, args.peak_repeats)
+    timings = {name: time_epochs(name, X, y, args.repeats) for name in names}
+    after = matmul_rates_in_child(size, recipe.batch_size, args.peak_repeats)
+    peak, batch_rate = max(before[0], after[0]), max(before[1], after[1])
+    print(f"float32 matmul peak: {peak:.1f} GFLOP/s ({size}x{size} @, best of {args.peak_repeats} before "
+          f"and {args.peak_repeats} after the epochs); load average now {os.getloadavg()[0]:.2f}")
+    # For scale, not a target: what BLAS makes of one batch-sized product, the bulk of the seed's work.
+    print(f"  for scale: ({recipe.batch_size}x784) @ (784x1024) alone runs at {batch_rate:.1f} GFLOP/s "
+          f"({batch_rate / peak:.0%} of peak)")
+
+    all_met = True
+    for name, seconds in timings.items():
+        flops = FLOPS_PER_SAMPLE[name](name)
+        print(f"\n{name}: {flops / 1e6:.3f} MFLOP per sample, batch {recipe.batch_size}, "
+              f"{len(X):,} samples, {len(seconds)} epochs")
+        print(f"  {'':8}{'samples/s':>11}{'GFLOP/s':>10}{'of peak':>10}")
+        for label, epoch_s in (("best", min(seconds)), ("median", statistics.median(seconds))):
+            rate = len(X) / epoch_s
+            gflops = rate * flops / 1e9
+            print(f"  {label:8}{rate:11,.0f}{gflops:10.1f}{gflops / peak:10.1%}")
+        met = len(X) / min(seconds) * flops / 1e9 / peak >= TARGET_PEAK_FRACTION
+        all_met &= met
+        print(f"  target: best >= {TARGET_PEAK_FRACTION:.0%} of peak: {'met' if met else 'MISSED'}")
+    rss_mb = peak_rss_mb()
+    met = rss_mb < TARGET_MEMORY_MB
+    all_met &= met
+    print(f"\npeak memory (RSS high-water, data included): {rss_mb:,.0f} MB; "
+          f"target < {TARGET_MEMORY_MB:,} MB: {'met' if met else 'MISSED'}")
+    print(f"\nall targets {'met' if all_met else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
