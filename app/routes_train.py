@@ -81,6 +81,13 @@ def start_worker(request: Request, job_id: str) -> subprocess.Popen:
             cwd=Path(__file__).resolve().parents[1])
 
 
+@router.get("/architectures")
+def architectures() -> dict:
+    """The architectures a recipe may name, and the default recipe."""
+    from model.network import ARCHITECTURES
+    return {"architectures": list(ARCHITECTURES), "default_recipe": TrainRequest().model_dump()}
+
+
 @router.post("/train", status_code=202, response_model=JobCreated, dependencies=[Depends(require_admin)],
              responses={409: {"description": "a job is already queued or running"},
                         503: {"description": "MNIST is not available to the server"}})
