@@ -4,25 +4,7 @@ import pytest
 
 from model.conv import Conv2D, Flatten, MaxPool2D, Reshape
 
-
-def as_float64(layer):
-    for key in layer.params:
-        layer.params[key] = layer.params[key].astype(np.float64)
-        layer.grads[key] = np.zeros_like(layer.params[key])
-    return layer
-
-
-def numerical_gradient(f, A, eps=1e-6):
-    grad = np.zeros_like(A)
-    for i in np.ndindex(A.shape):
-        old = A[i]
-        A[i] = old + eps
-        up = f()
-        A[i] = old - eps
-        down = f()
-        A[i] = old
-        grad[i] = (up - down) / (2 * eps)
-    return grad
+from gradients import as_float64, numerical_gradient
 
 
 def test_conv2d_matches_a_direct_sum_over_the_kernel():

@@ -7,30 +7,9 @@ import pytest
 from model.layers import Dense, ReLU, SoftmaxCrossEntropy, build_layer, softmax
 from model.optim import SGD
 
+from gradients import as_float64, numerical_gradient
+
 N, D, H, C = 4, 5, 8, 10
-EPS = 1e-6
-
-
-def numerical_gradient(f, x: np.ndarray) -> np.ndarray:
-    """Central differences of the scalar f() with respect to every entry of x (float64, changed in place)."""
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        saved = x[i]
-        x[i] = saved + EPS
-        plus = f()
-        x[i] = saved - EPS
-        minus = f()
-        x[i] = saved
-        grad[i] = (plus - minus) / (2 * EPS)
-    return grad
-
-
-def as_float64(layer: Dense) -> Dense:
-    """The same layer computing in float64, so finite differences are exact enough to compare."""
-    for key in layer.params:
-        layer.params[key] = layer.params[key].astype(np.float64)
-        layer.grads[key] = np.zeros_like(layer.params[key])
-    return layer
 
 
 def test_dense_gradients_match_central_differences(rng):

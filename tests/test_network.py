@@ -7,8 +7,9 @@ import pytest
 from model.layers import Dense
 from model.network import ARCHITECTURES, Network, architecture_spec
 
+from gradients import as_float64, numerical_gradient
+
 N, D, H, C = 4, 6, 8, 10
-EPS = 1e-6
 SMALL_SPEC = {"name": "small", "layers": [
     {"type": "dense", "n_in": D, "n_out": H},
     {"type": "relu"},
@@ -18,9 +19,7 @@ SMALL_SPEC = {"name": "small", "layers": [
 
 def to_float64(network: Network) -> Network:
     for layer in network.layers:
-        for key in layer.params:
-            layer.params[key] = layer.params[key].astype(np.float64)
-            layer.grads[key] = np.zeros_like(layer.params[key])
+        as_float64(layer)
     return network
 
 
@@ -35,15 +34,7 @@ def test_network_gradients_with_l2_match_central_differences(rng, l2):
     network.loss_and_gradients(X, y, l2)
     analytic = {key: G.copy() for key, G in network.gradients().items()}
     for key, P in network.parameters().items():
-        numeric = np.zeros_like(P)
-        for i in np.ndindex(P.shape):
-            saved = P[i]
-            P[i] = saved + EPS
-            plus = network.loss_and_gradients(X, y, l2)
-            P[i] = saved - EPS
-            minus = network.loss_and_gradients(X, y, l2)
-            P[i] = saved
-            numeric[i] = (plus - minus) / (2 * EPS)
+        numeric = numerical_gradient(lambda: network.loss_and_gradients(X, y, l2), P)
         np.testing.assert_allclose(analytic[key], numeric, rtol=1e-5, atol=1e-8, err_msg=key)
 
 
