@@ -19,10 +19,18 @@ def architecture_spec(name: str) -> dict:
             {"type": "relu"},
             {"type": "dense", "n_in": 1024, "n_out": N_CLASSES},
         ]}
+    if name == "mlp":
+        # Two wide hidden layers with dropout (Srivastava et al. 2014 used 2x800 and more on MNIST).
+        return {"name": "mlp", "layers": [
+            {"type": "dropout", "rate": 0.1},
+            {"type": "dense", "n_in": N_PIXELS, "n_out": 800}, {"type": "relu"}, {"type": "dropout", "rate": 0.3},
+            {"type": "dense", "n_in": 800, "n_out": 800}, {"type": "relu"}, {"type": "dropout", "rate": 0.3},
+            {"type": "dense", "n_in": 800, "n_out": N_CLASSES},
+        ]}
     raise ValueError(f"unknown architecture {name!r}; known: {ARCHITECTURES}")
 
 
-ARCHITECTURES = ("seed",)
+ARCHITECTURES = ("seed", "mlp")
 
 
 class Network:
@@ -34,9 +42,11 @@ class Network:
         self.spec = spec
         self.name = str(spec.get("name", "custom"))
         self.layers: list[Layer] = [build_layer(s, rng) for s in spec["layers"]]
-        first_dense = next((layer for layer in self.layers if isinstance(layer, Dense)), None)
-        if first_dense is not None and first_dense is self.layers[0]:
-            first_dense.needs_input_grad = False
+        # Nothing before the first layer with parameters needs a gradient (the input is data), so
+        # that layer skips computing dX and backward stops there.
+        first_trainable = next((layer for layer in self.layers if layer.params), None)
+        if first_trainable is not None:
+            first_trainable.needs_input_grad = False
         self.loss = SoftmaxCrossEntropy()
 
     @classmethod
@@ -85,6 +95,8 @@ class Network:
         dA = dlogits
         for layer in reversed(self.layers):
             dA = layer.backward(dA)
+            if dA is None:  # the first trainable layer: nothing below needs a gradient
+                return
 
     def l2_penalty(self, l2: float) -> float:
         """0.5 * l2 * sum(W^2) over the weight matrices (`weight_keys`), not the biases."""

@@ -43,3 +43,40 @@ class SGD:
                 P *= np.float32(1 - self.learning_rate * l2)
             G *= lr
             P -= G
+
+
+class Adam:
+    """Adam (Kingma and Ba, 2015) with decoupled weight decay (AdamW): P -= lr * (m_hat / (sqrt(v_hat) + eps) + l2 * P)."""
+
+    def __init__(self, learning_rate: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8) -> None:
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        self.learning_rate, self.beta1, self.beta2, self.eps = learning_rate, beta1, beta2, eps
+        self._m: dict[str, np.ndarray] = {}
+        self._v: dict[str, np.ndarray] = {}
+        self.t = 0
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+             weight_decay: dict[str, float] | None = None) -> None:
+        """One update in place; `grads` is used as scratch space."""
+        self.t += 1
+        b1, b2 = np.float32(self.beta1), np.float32(self.beta2)
+        # bias corrections folded into the step size, as in the paper's section 2
+        step = np.float32(self.learning_rate * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t))
+        for key, P in params.items():
+            G = grads[key]
+            M = self._m.setdefault(key, np.zeros_like(P))
+            V = self._v.setdefault(key, np.zeros_like(P))
+            M *= b1
+            M += (1 - b1) * G
+            V *= b2
+            V += (1 - b2) * G * G
+            l2 = (weight_decay or {}).get(key, 0.0)
+            if l2:
+                P *= np.float32(1 - self.learning_rate * l2)
+            np.sqrt(V, out=G)
+            G += np.float32(self.eps)
+            np.divide(M, G, out=G)
+            G *= step
+            P -= G

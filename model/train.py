@@ -12,7 +12,7 @@ import numpy as np
 
 from model.augment import augment
 from model.network import Network
-from model.optim import SGD
+from model.optim import SGD, Adam
 
 
 @dataclass
@@ -23,7 +23,8 @@ class Recipe:
     batch_size: int = 128
     learning_rate: float = 0.5
     lr_decay: float = 0.9  # learning rate multiplied by this after every epoch
-    momentum: float = 0.0
+    momentum: float = 0.0  # SGD only
+    optimizer: str = "sgd"  # "sgd" or "adam"
     l2: float = 1e-4
     seed: int = 0
     augment: bool = False  # random affine distortions of every batch (model.augment)
@@ -36,6 +37,7 @@ class Recipe:
             (self.learning_rate > 0, "learning_rate must be positive"),
             (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.optimizer in ("sgd", "adam"), "optimizer must be 'sgd' or 'adam'"),
             (self.l2 >= 0, "l2 must be non-negative"),
             (0 <= self.validation_size < 60_000, "validation_size must be in [0, 60000)"),
         ]
@@ -93,7 +95,8 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
     recipe.validate()
     rng = np.random.default_rng(recipe.seed)
     network = Network.from_architecture(recipe.architecture, seed=int(rng.integers(2**31)))
-    optimizer = SGD(recipe.learning_rate, recipe.momentum)
+    optimizer = (SGD(recipe.learning_rate, recipe.momentum) if recipe.optimizer == "sgd"
+                 else Adam(recipe.learning_rate))
     X_train = np.ascontiguousarray(X_train, dtype=np.float32)
     n = len(X_train)
     n_steps = -(-n // recipe.batch_size)

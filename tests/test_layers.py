@@ -196,3 +196,23 @@ def test_convolution_layers_are_built_from_their_specs():
         build_layer({"type": "conv2d", "n_in": 1, "n_out": 8, "kernel": 0})
     with pytest.raises(ValueError, match="bad conv2d layer spec"):
         build_layer({"type": "conv2d", "n_in": 1})
+
+
+def test_adams_first_step_moves_each_weight_by_the_learning_rate_against_its_gradient_sign():
+    from model.optim import Adam
+    P = np.array([1.0, -2.0, 3.0], np.float32)
+    G = np.array([0.5, -4.0, 1e-3], np.float32)
+    Adam(0.01).step({"W": P}, {"W": G.copy()})
+    np.testing.assert_allclose(P, [0.99, -1.99, 2.99], atol=1e-4)
+
+
+def test_adam_minimises_a_quadratic_and_decays_weights_when_asked():
+    from model.optim import Adam
+    P = np.array([5.0, -3.0], np.float32)
+    opt = Adam(0.1)
+    for _ in range(500):
+        opt.step({"W": P}, {"W": 2 * P})  # gradient of sum(P^2)
+    np.testing.assert_allclose(P, 0, atol=0.05)
+    Q = np.ones(3, np.float32)
+    Adam(0.1).step({"W": Q}, {"W": np.zeros(3, np.float32)}, weight_decay={"W": 0.5})
+    np.testing.assert_allclose(Q, 0.95)  # decoupled decay: P *= 1 - lr * l2, with no gradient at all

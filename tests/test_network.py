@@ -74,11 +74,13 @@ def test_the_first_dense_layer_returns_no_input_gradient(rng):
     assert first.grads["W"].any()
 
 
-def test_a_network_starting_with_relu_still_back_propagates_into_its_dense_layer(rng):
+def test_a_network_starting_with_relu_still_trains_its_dense_layer_and_skips_the_input_gradient(rng):
     spec = {"layers": [{"type": "relu"}, {"type": "dense", "n_in": D, "n_out": C}]}
     network = Network(spec, rng)
-    assert network.layers[1].needs_input_grad is True
+    assert network.layers[1].needs_input_grad is False  # nothing below it has parameters
     assert network.name == "custom"
+    network.loss_and_gradients(rng.standard_normal((N, D)).astype(np.float32), rng.integers(0, C, N))
+    assert network.layers[1].grads["W"].any()
 
 
 def test_predict_proba_gives_one_probability_row_per_input(tiny_network, rng):
@@ -165,7 +167,7 @@ def test_a_bad_spec_raises_value_error(spec, message):
 
 
 def test_an_unknown_architecture_name_raises_value_error_listing_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: \('seed',\)"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: \('seed', 'mlp'\)"):
         Network.from_architecture("resnet")
 
 

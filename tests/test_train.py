@@ -167,3 +167,16 @@ def test_the_seed_architecture_trained_on_real_mnist_clears_95_percent(tmp_path,
     assert test_accuracy > 0.95
     assert written["metrics"]["test_accuracy"] == test_accuracy
     assert model.meta["metrics"]["test_accuracy"] == test_accuracy
+
+
+def test_adam_and_the_mlp_with_dropout_train_reproducibly(mnist):
+    X, y = mnist.X_train[:2000], mnist.y_train[:2000]
+    Xv, yv = mnist.X_val[:1000], mnist.y_val[:1000]
+    recipe = Recipe(architecture="mlp", optimizer="adam", learning_rate=1e-3, lr_decay=1.0, epochs=2, seed=4)
+    first = train(recipe, X, y, Xv, yv)
+    second = train(recipe, X, y, Xv, yv)
+    assert first.val_accuracy > 0.85
+    for key, value in first.network.parameters().items():
+        np.testing.assert_array_equal(value, second.network.parameters()[key])
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam'"):
+        Recipe(optimizer="rmsprop").validate()
