@@ -64,25 +64,26 @@ def real_mnist_dir() -> Path:
 
 @contextmanager
 def live_server(weights_dir: Path, timeout: float = 30.0, *, db_path: Path | None = None,
-                data_dir: Path | None = None) -> Iterator[str]:
+                data_dir: Path | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
     """Run the real app under uvicorn in a subprocess; yields its base URL once /healthz answers.
 
     The server sees no DIGITS_* variables from the environment but these: its weights folder, its
-    database (a temporary folder unless `db_path` is given, so tests never write to the user's cache)
-    and, if given, the MNIST folder that training reads.
+    database (a temporary folder unless `db_path` is given, so tests never write to the user's cache),
+    if given, the MNIST folder that training reads, and any in `env` (e.g. DIGITS_ADMIN_TOKEN).
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="digits-test-db-") as db_folder, \
             tempfile.TemporaryFile() as log:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("DIGITS_")}
-        env["DIGITS_WEIGHTS_DIR"] = str(weights_dir)
-        env["DIGITS_DB_PATH"] = str(db_path or Path(db_folder) / "digits.sqlite3")
+        server_env = {key: value for key, value in os.environ.items() if not key.startswith("DIGITS_")}
+        server_env["DIGITS_WEIGHTS_DIR"] = str(weights_dir)
+        server_env["DIGITS_DB_PATH"] = str(db_path or Path(db_folder) / "digits.sqlite3")
         if data_dir is not None:
-            env["DIGITS_DATA_DIR"] = str(data_dir)
+            server_env["DIGITS_DATA_DIR"] = str(data_dir)
+        server_env.update(env or {})
         command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, env=server_env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_for_health(url, process, log, timeout)
             yield url
@@ -223,8 +224,8 @@ class DigitsPage:
         self.result = page.locator("#result")
         self.bars = page.locator("#bars > li")
 
-    def open(self) -> "DigitsPage":
-        self.page.goto("/")
+    def open(self, url: str = "/") -> "DigitsPage":
+        self.page.goto(url)
         self.expect(self.page.locator("#model-info")).to_have_attribute("data-state", "ready")
         return self
 

@@ -28,6 +28,7 @@ DESKTOP = {"width": 1100, "height": 900}
 COPY_VERSION = "seed-copy-for-page-tests"
 TRAINING_TIMEOUT_MS = 150_000  # 1 epoch on a shared 2-core machine, the worker at low priority
 CANCEL_TIMEOUT_MS = 15_000
+ADMIN_TOKEN = "s3cret"
 
 # JavaScript: a fingerprint of a canvas's pixels, to tell whether the chart was redrawn differently.
 CANVAS_HASH_JS = """(selector) => {
@@ -66,6 +67,7 @@ class Server:
     weights_dir: Path
     db_path: Path
     original_version: str
+    admin_token: str | None = None  # the server's DIGITS_ADMIN_TOKEN, sent by send()
 
     def get(self, path: str) -> dict:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
@@ -73,8 +75,10 @@ class Server:
 
     def send(self, method: str, path: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self.admin_token:
+            headers["Authorization"] = f"Bearer {self.admin_token}"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
@@ -101,16 +105,22 @@ class Server:
         self.send("POST", f"/models/{version}/activate")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Server:
-    """A real server over a temporary copy of weights/ (plus a second copy of the active model under
-    another version), a temporary database and, when there is one, real MNIST to train on."""
-    folder = tmp_path_factory.mktemp("page-training")
+def copy_weights(folder: Path) -> Path:
+    """A copy of weights/ (the .npz files and ACTIVE) in folder/weights; returns that folder."""
     weights_dir = folder / "weights"
     weights_dir.mkdir()
     for path in (ROOT / "weights").glob("*.npz"):
         shutil.copy2(path, weights_dir)
     shutil.copy2(ROOT / "weights" / "ACTIVE", weights_dir)
+    return weights_dir
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    """A real server over a temporary copy of weights/ (plus a second copy of the active model under
+    another version), a temporary database and, when there is one, real MNIST to train on."""
+    folder = tmp_path_factory.mktemp("page-training")
+    weights_dir = copy_weights(folder)
     active = load_model(active_path(weights_dir))
     kept = {k: v for k, v in active.meta.items() if k not in ("format_version", "architecture", "created_at")}
     save_model(weights_dir / f"{COPY_VERSION}.npz", active.network, {**kept, "version": COPY_VERSION})
@@ -121,6 +131,21 @@ def server(tmp_path_factory) -> Server:
     db_path = folder / "state" / "digits.sqlite3"
     with live_server(weights_dir, db_path=db_path, data_dir=data_dir) as url:
         server = Server(url, weights_dir, db_path, active.version)
+        try:
+            yield server
+        finally:
+            server.stop_jobs()
+
+
+@pytest.fixture
+def token_server(tmp_path, mnist_for_training: Path) -> Server:
+    """Like `server`, but started with DIGITS_ADMIN_TOKEN set: training and cancelling need the token."""
+    weights_dir = copy_weights(tmp_path)
+    version = load_model(active_path(weights_dir)).version
+    db_path = tmp_path / "state" / "digits.sqlite3"
+    with live_server(weights_dir, db_path=db_path, data_dir=mnist_for_training,
+                     env={"DIGITS_ADMIN_TOKEN": ADMIN_TOKEN}) as url:
+        server = Server(url, weights_dir, db_path, version, admin_token=ADMIN_TOKEN)
         try:
             yield server
         finally:
@@ -237,6 +262,7 @@ def test_training_from_the_page_shows_progress_a_live_chart_and_the_outcome(digi
                                                                             mnist_for_training: Path):
     page = digits.page
     expect(page.locator("#job")).to_be_hidden()
+    expect(page.get_by_label("Admin token")).to_be_hidden()  # this server asks for none
     page.get_by_label("Epochs").fill("1")
     expect(page.get_by_label("Architecture")).to_have_value("seed")
     with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/train")) as started:
@@ -347,6 +373,7 @@ def test_refusals_and_failed_jobs_show_the_servers_words(digits: DigitsPage):
     assert sent.value.post_data_json == {"architecture": "seed", "epochs": 3, "include_feedback": True}
     expect(page.locator("#train-message")).to_have_text("training and activation answer only this machine")
     expect(page.locator("#job")).to_be_hidden()
+    expect(page.get_by_label("Admin token")).to_be_hidden()  # a 403 without a token: no token would help
     expect(page.get_by_role("button", name="Start training")).to_be_enabled()
     page.unroute("**/train")
 
@@ -373,3 +400,75 @@ def test_refusals_and_failed_jobs_show_the_servers_words(digits: DigitsPage):
     expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
     expect(page.get_by_role("button", name="Start training")).to_be_enabled()
     assert [e for e in digits.errors if "403" not in e] == []
+
+
+# ---- the form's choices and the admin token ----------------------------------------------------------
+
+def test_the_architecture_choices_come_from_the_server_with_seed_chosen(digits: DigitsPage, server: Server):
+    page = digits.page
+    architecture = page.get_by_label("Architecture")
+    names = server.get("/architectures")["architectures"]
+    assert "seed" in names and len(names) > 1, names
+    expect(architecture.locator("option")).to_have_text(names)
+    assert architecture.locator("option").evaluate_all("options => options.map(o => o.value)") == names
+    expect(architecture).to_have_value("seed")
+
+    # Without an answer, the page offers `seed` alone.
+    page.route("**/architectures", lambda route: route.fulfill(status=500, json={"detail": "boom"}))
+    page.reload()
+    expect(page.locator("#model-info")).to_have_attribute("data-state", "ready")
+    expect(architecture.locator("option")).to_have_text(["seed"])
+    expect(architecture).to_have_value("seed")
+    assert [e for e in digits.errors if "500" not in e] == []
+
+
+def test_a_server_with_an_admin_token_gets_it_from_a_field_that_appears_on_401(page: Page, token_server: Server):
+    digits = DigitsPage(page).open(token_server.url)
+    token_field = page.get_by_label("Admin token")
+    start = page.get_by_role("button", name="Start training")
+    message = page.locator("#train-message")
+    expect(token_field).to_be_hidden()
+    page.get_by_label("Epochs").fill("20")
+
+    def start_training():
+        with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/train")) as answer:
+            start.click()
+        return answer.value
+
+    refused = start_training()
+    assert refused.status == 401
+    assert "authorization" not in refused.request.headers
+    expect(token_field).to_be_visible()
+    expect(token_field).to_have_attribute("type", "password")
+    expect(token_field).to_be_focused()
+    expect(page.locator("#admin-token-hint")).to_be_visible()
+    expect(message).to_contain_text("admin token")
+    expect(page.locator("#job")).to_be_hidden()
+    expect(start).to_be_enabled()
+
+    token_field.fill("not-the-token")
+    wrong = start_training()
+    assert wrong.status == 403
+    assert wrong.request.headers["authorization"] == "Bearer not-the-token"
+    expect(message).to_have_text(wrong.json()["detail"])
+    assert wrong.json()["detail"] == "the bearer token is wrong"
+    expect(token_field).to_be_visible()
+    expect(page.locator("#job")).to_be_hidden()
+
+    token_field.fill(ADMIN_TOKEN)
+    started = start_training()
+    assert started.status == 202, started.text()
+    assert started.request.headers["authorization"] == f"Bearer {ADMIN_TOKEN}"
+    assert page.evaluate("Object.values(sessionStorage)") == [ADMIN_TOKEN]
+    job_id = started.json()["job_id"]
+    expect(message).to_have_text("")
+    expect(page.locator("#job-id")).to_have_text(job_id)
+    expect(page.locator("#job-status")).to_have_text("running", timeout=60_000)
+
+    with page.expect_response(lambda r: r.request.method == "DELETE") as cancelled:
+        page.get_by_role("button", name="Cancel").click()
+    assert cancelled.value.ok, cancelled.value.text()
+    assert cancelled.value.request.headers["authorization"] == f"Bearer {ADMIN_TOKEN}"
+    expect(page.locator("#job-status")).to_have_text("cancelled", timeout=CANCEL_TIMEOUT_MS)
+    assert token_server.get(f"/train/{job_id}")["status"] == "cancelled", token_server.job_log(job_id)
+    assert [e for e in digits.errors if "401" not in e and "403" not in e] == []
