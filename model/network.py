@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 import model.conv  # noqa: F401  (registers the convolution layers with build_layer)
-from model.layers import DTYPE, Dense, Layer, SoftmaxCrossEntropy, build_layer, softmax
+from model.layers import DTYPE, Layer, SoftmaxCrossEntropy, build_layer, softmax
 
 N_CLASSES = 10
 N_PIXELS = 784

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from model.data import FILES, DataError, find_file
+from mnist_support import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("DIGITS_CHROMIUM", "/usr/lib/chromium/chromium"))
@@ -34,13 +34,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def skip_or_fail(message: str) -> None:
-    """Skip the test, or fail it under CI (any `CI` variable), where nothing may be silently left out."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
     """pytest-playwright's launch arguments, pointed at the system Chromium (never `playwright install`).
@@ -49,17 +42,6 @@ def browser_type_launch_args(browser_type_launch_args):
     if not CHROMIUM.exists():
         skip_or_fail(f"no Chromium at {CHROMIUM}; install it with `apt-get install chromium`")
     return {**browser_type_launch_args, "executable_path": str(CHROMIUM)}
-
-
-def real_mnist_dir() -> Path:
-    """$DIGITS_DATA_DIR, else `../shared/mnist` next to the repository; skips (fails under CI) without it."""
-    data_dir = Path(os.environ.get("DIGITS_DATA_DIR") or ROOT.parent / "shared" / "mnist")
-    try:
-        for stem in FILES.values():
-            find_file(data_dir, stem)
-    except DataError as exc:
-        skip_or_fail(f"real MNIST is needed for this test: {exc}; or set DIGITS_DATA_DIR")
-    return data_dir
 
 
 @contextmanager

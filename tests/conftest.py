@@ -5,13 +5,13 @@ tests that need it skip, except under CI (any `CI` variable), where a missing da
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from model.data import FILES, DataError, Dataset, find_file, load_mnist
+from mnist_support import real_mnist_dir
+from model.data import Dataset, load_mnist
 from model.network import Network
 from model.preprocess import PREPROCESSING_VERSION
 from model.weights import save_model
@@ -34,16 +34,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The folder holding the four real MNIST files (raw or .gz)."""
-    data_dir = Path(os.environ.get("DIGITS_DATA_DIR") or ROOT.parent / "shared" / "mnist")
-    try:
-        for stem in FILES.values():
-            find_file(data_dir, stem)
-    except DataError as exc:
-        message = f"real MNIST is needed for this test: {exc}; or set DIGITS_DATA_DIR"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return data_dir
+    return real_mnist_dir()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
