@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -130,9 +131,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("serving model %s", app.state.models.current.version)
             watcher = asyncio.create_task(watch_active_model(app.state.models, settings.reload_interval_s,
                                                              app.state.children))
+            # What start-up built (modules, the app, pydantic's validators) lives as long as the process:
+            # keep it out of garbage collections. Otherwise each full collection walks all of it, pausing
+            # every request in flight for tens of milliseconds (the p99 under load).
+            gc.freeze()
             try:
                 yield
             finally:
+                gc.unfreeze()
                 watcher.cancel()
 
     app = FastAPI(title="digits", summary="Draw a digit; a NumPy network classifies it.",

@@ -1,13 +1,20 @@
 """HTTP routes: validate, call one `model` function, shape the response."""
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
+from starlette.requests import ClientDisconnect
 
 from app.images import ImageError, decode_base64, decode_image
 from app.schemas import BatchPrediction, FeedbackRequest, ModelInfo, Prediction, PredictRequest
 from model.preprocess import EmptyDrawingError, preprocess_image, preprocess_strokes
+
+Body = TypeVar("Body", bound=BaseModel)
 
 router = APIRouter()
 
@@ -65,14 +72,43 @@ def drawing_to_inputs(body, settings) -> tuple[np.ndarray, bool]:
         raise HTTPException(422, str(exc)) from exc
 
 
+async def read_json(request: Request, model: type[Body]) -> Body:
+    """The JSON body, parsed and validated by pydantic-core in one pass straight from the bytes.
+
+    FastAPI's own body handling runs `json.loads` and then validates the Python objects; for 784 pixel
+    values that costs more than the forward pass. Errors go to the app's 422 handler all the same.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not (media_type.startswith("application/")
+                                                 and media_type.endswith("+json")):
+        raise RequestValidationError([{"type": "content_type", "loc": (), "input": media_type,
+                                       "msg": "send the body as JSON, with Content-Type: application/json"}])
+    try:
+        raw = await request.body()
+    except ClientDisconnect as exc:  # or refused by BodyLimitMiddleware, which has answered already
+        raise HTTPException(400, "the request body did not arrive in full") from exc
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from exc
+
+
+def json_body_docs(model: type[BaseModel]) -> dict:
+    """OpenAPI for a body that the route reads itself with `read_json` (FastAPI cannot see it)."""
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
 @router.post("/predict", response_model=Prediction | BatchPrediction, response_model_exclude_none=True,
-             tags=["model"], responses={413: {"description": "body, image or batch over its limit"},
-                                        415: {"description": "not a PNG, JPEG or WebP"},
-                                        422: {"description": "invalid or empty drawing"}})
-async def predict(body: PredictRequest, request: Request):
+             tags=["model"], openapi_extra=json_body_docs(PredictRequest),
+             responses={413: {"description": "body, image or batch over its limit"},
+                        415: {"description": "not a PNG, JPEG or WebP"},
+                        422: {"description": "invalid or empty drawing"}})
+async def predict(request: Request):
     """Classify a drawing (image, strokes or pixels) or a batch of them."""
     # async on purpose: the work is a millisecond or two of NumPy with one BLAS thread, cheaper inline
     # than a hop to the thread pool; the answer is built directly (the response model documents it).
+    body = await read_json(request, PredictRequest)
     model = request.app.state.models.current
     X, batch = drawing_to_inputs(body, request.app.state.settings)
     probs = model.network.predict_proba(X).astype(np.float64)
@@ -84,7 +120,9 @@ async def predict(body: PredictRequest, request: Request):
         if body.explain:
             item["input"] = np.round(x.reshape(28, 28), 4).tolist()
         predictions.append(item)
-    return JSONResponse({"predictions": predictions} if batch else predictions[0])
+    # pydantic-core's serializer writes the same JSON as JSONResponse's json.dumps, several times faster
+    return Response(to_json({"predictions": predictions} if batch else predictions[0]),
+                    media_type="application/json")
 
 
 @router.post("/feedback", status_code=201, tags=["feedback"])

@@ -42,11 +42,12 @@ class DrawingInput(BaseModel):
                 raise ValueError("is an empty batch")
         else:
             raise ValueError(f"has shape {X.shape}; send 28x28, 784, Nx28x28 or Nx784")
-        if not np.all(np.isfinite(X)):
-            raise ValueError("holds NaN or infinity; send numbers in [0, 1]")
-        if X.min() < 0 or X.max() > 1:
+        low, high = X.min(), X.max()
+        if not (low >= 0 and high <= 1):  # also true for NaN, which fails every comparison
+            if not np.all(np.isfinite(X)):
+                raise ValueError("holds NaN or infinity; send numbers in [0, 1]")
             raise ValueError(f"must be in [0, 1] (0 background, 1 ink); got values from "
-                             f"{X.min():g} to {X.max():g}. Divide 0-255 values by 255")
+                             f"{low:g} to {high:g}. Divide 0-255 values by 255")
         return X
 
     @model_validator(mode="after")
@@ -106,7 +107,8 @@ class TrainRequest(BaseModel):
     epochs: int = Field(20, ge=1, le=200)
     learning_rate: float = Field(0.5, gt=0, le=10)
     lr_decay: float = Field(0.9, gt=0, le=1, description="per-epoch learning-rate factor")
-    momentum: float = Field(0.0, ge=0, lt=1)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD only")
+    optimizer: Literal["sgd", "adam"] = "sgd"
     batch_size: int = Field(128, ge=1, le=8192)
     l2: float = Field(1e-4, ge=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)

@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.nice(10)  # serving requests comes first
+    try:  # this process leads its own session, so Linux's autogroup scheduling weighs its whole group
+        Path("/proc/self/autogroup").write_text("10")  # against the server's: lower that weight too
+    except OSError:  # no autogroup here (other kernels, containers): the nice value alone applies
+        pass
     with threadpool_limits(limits=1):  # leave the other core to the server
         state = run_job(Store(args.db), args.job, args.weights_dir, args.data_dir)
     return 0 if state in ("succeeded", "cancelled") else 1

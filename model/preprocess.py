@@ -5,6 +5,7 @@ Decoding image files is not done here (the web layer turns bytes into arrays); t
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -37,12 +38,14 @@ def to_ink(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
     if img.size == 0:
         raise EmptyDrawingError()
-    img = img.astype(np.float32) / 255.0
+    # np.divide(..., dtype=float32) gives what .astype(np.float32) / 255.0 does in one pass (several
+    # times faster on the strided alpha channel); converting only the channels used saves the rest.
     if img.shape[2] == 4:
-        alpha = img[:, :, 3]
+        alpha = np.divide(img[:, :, 3], 255.0, dtype=np.float32)
         if alpha.min() < 1.0:
             return alpha
         img = img[:, :, :3]
+    img = np.divide(img, 255.0, dtype=np.float32)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     background = np.median(border, axis=0)
     return np.abs(img - background).max(axis=2)
@@ -61,12 +64,17 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
 def preprocess_ink(ink: np.ndarray) -> np.ndarray:
     """Ink (H, W) float in [0, 1] -> (28, 28) float32 MNIST-style; raises EmptyDrawingError."""
     ink = np.asarray(ink, dtype=np.float32)
-    peak = float(ink.max(initial=0.0))
+    # The crop box from row maxima, then column maxima of those rows only: fewer passes over a big
+    # canvas than a full mask (a row has ink above the floor iff its maximum is above it).
+    row_peaks = ink.max(axis=1, initial=0.0)  # (H,)
+    peak = float(row_peaks.max(initial=0.0))
     if peak < INK_FLOOR:
         raise EmptyDrawingError()
-    mask = ink > peak * INK_FLOOR / 2
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] / peak
+    floor = peak * INK_FLOOR / 2
+    rows = np.flatnonzero(row_peaks > floor)
+    ink = ink[rows[0]:rows[-1] + 1]
+    cols = np.flatnonzero(ink.max(axis=0) > floor)
+    ink = ink[:, cols[0]:cols[-1] + 1] / peak
     h, w = ink.shape
     scale = BOX / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
@@ -77,8 +85,8 @@ def preprocess_ink(ink: np.ndarray) -> np.ndarray:
     cx = float((small.sum(axis=0) * np.arange(new_w)).sum() / total)
     # MNIST's centre of mass sits at (14, 14) in pixel-index coordinates (measured: 13.99, 14.01)
     # (rounding half up, not Python's half-to-even, so equal drawings always land alike)
-    top = int(np.clip(np.floor(SIZE / 2 - cy + 0.5), 0, SIZE - new_h))
-    left = int(np.clip(np.floor(SIZE / 2 - cx + 0.5), 0, SIZE - new_w))
+    top = min(max(math.floor(SIZE / 2 - cy + 0.5), 0), SIZE - new_h)
+    left = min(max(math.floor(SIZE / 2 - cx + 0.5), 0), SIZE - new_w)
     out = np.zeros((SIZE, SIZE), dtype=np.float32)
     out[top:top + new_h, left:left + new_w] = small
     return out
@@ -93,9 +101,13 @@ def _decimate(q: np.ndarray, step: float) -> np.ndarray:
     """Keep about one point per `step` of arc length (plus both ends): same shape, far fewer segments."""
     if len(q) < 3:
         return q
-    arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(q, axis=0).T))])
-    _, keep = np.unique(np.floor(arc / step), return_index=True)
-    return q[np.union1d(keep, [len(q) - 1])]
+    d = q[1:] - q[:-1]
+    arc = np.zeros(len(q))
+    np.cumsum(np.hypot(d[:, 0], d[:, 1]), out=arc[1:])
+    bucket = np.floor(arc / step)
+    keep = np.ones(len(q), dtype=bool)  # each bucket's first point (arc never decreases), and the last
+    keep[1:-1] = bucket[1:-1] != bucket[:-2]
+    return q[keep]
 
 
 def render_strokes(strokes: list, raster: int = RASTER) -> np.ndarray:
@@ -122,18 +134,29 @@ def render_strokes(strokes: list, raster: int = RASTER) -> np.ndarray:
     A = np.concatenate(starts).astype(np.float32)  # (K, 2) segment starts, (x, y)
     AB = np.concatenate(ends).astype(np.float32) - A
     len2 = np.maximum((AB ** 2).sum(axis=1), 1e-6)
+    # Ink reaches pen/2 + 0.5 from a segment, so each segment only needs a W x W window of pixels around
+    # it (its bounding box grown by that, plus one for rounding, moved inside the raster) instead of the
+    # whole raster. Per pixel and segment the arithmetic is unchanged, so the result is identical.
+    reach = pen / 2 + 0.5 + 1
+    lo_px = np.ceil(np.minimum(A, A + AB) - reach - 0.5)  # (K, 2) first pixel each segment can ink
+    hi_px = np.floor(np.maximum(A, A + AB) + reach - 0.5)
+    W = int(min((hi_px - lo_px).max() + 1, raster))
+    corner = np.clip(lo_px, 0, raster - W).astype(np.int64)  # (K, 2)
     centres = np.arange(raster, dtype=np.float32) + 0.5
-    px, py = np.meshgrid(centres, centres)
-    px, py = px.reshape(-1, 1), py.reshape(-1, 1)  # (R*R, 1)
+    cols = corner[:, 0, None] + np.arange(W)  # (K, W) window pixel x
+    rows = corner[:, 1, None] + np.arange(W)  # (K, W) window pixel y
     dist2 = np.full(raster * raster, np.inf, dtype=np.float32)
-    for k in range(0, len(A), 128):  # chunks of segments bound memory at (R*R, 128)
-        ax, ay = A[k:k + 128, 0], A[k:k + 128, 1]
-        bx, by = AB[k:k + 128, 0], AB[k:k + 128, 1]
-        dx, dy = px - ax, py - ay  # (R*R, k)
-        t = np.clip((dx * bx + dy * by) / len2[k:k + 128], 0.0, 1.0)
-        dx -= t * bx
-        dy -= t * by
-        dist2 = np.minimum(dist2, (dx * dx + dy * dy).min(axis=1))
+    chunk = max(1, 2**17 // (W * W))  # segments per pass, bounding memory at (chunk, W, W)
+    for k in range(0, len(A), chunk):
+        s = slice(k, k + chunk)
+        dx = (centres[cols[s]] - A[s, 0, None])[:, None, :]  # (k, 1, W)
+        dy = (centres[rows[s]] - A[s, 1, None])[:, :, None]  # (k, W, 1)
+        bx, by = AB[s, 0, None, None], AB[s, 1, None, None]
+        t = np.clip((dx * bx + dy * by) / len2[s, None, None], 0.0, 1.0)  # (k, W, W)
+        dx = dx - t * bx
+        dy = dy - t * by
+        pixel = rows[s, :, None] * raster + cols[s, None, :]  # (k, W, W) flat pixel index
+        np.minimum.at(dist2, pixel.ravel(), (dx * dx + dy * dy).ravel())
     ink = np.clip(pen / 2 + 0.5 - np.sqrt(dist2), 0.0, 1.0)
     return ink.reshape(raster, raster)
 

@@ -194,11 +194,11 @@ def test_an_image_over_the_pixel_limit_is_refused_before_decoding(client):
 
 
 @pytest.mark.parametrize("content, detail", [
-    (b"{not json", "the body is not valid JSON (Expecting property name enclosed in double quotes); send a JSON object"),
+    (b"{not json", "the body is not valid JSON (key must be a string at line 1 column 2); send a JSON object"),
     (b'{"pixels": [NaN' + b", 0" * 783 + b"]}", "pixels: holds NaN or infinity; send numbers in [0, 1]"),
     (b'{"pixels": [Infinity' + b", 0" * 783 + b"]}", "pixels: holds NaN or infinity; send numbers in [0, 1]"),
     (b'{"strokes": [[[NaN, 1]]]}', "strokes.0.0.0: Input should be a finite number"),
-    (b"[1, 2]", "Input should be a valid dictionary or object to extract fields from"),
+    (b"[1, 2]", "Input should be an object"),
 ])
 def test_malformed_json_and_non_finite_numbers_get_422(client, content, detail):
     response = client.post("/predict", content=content, headers={"content-type": "application/json"})
@@ -288,7 +288,7 @@ def test_without_a_token_training_answers_only_loopback_clients(weights_dir):
     ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
     ({"epochs": 1000}, "epochs: Input should be less than or equal to 200"),
     ({"learning_rate": -1}, "learning_rate: Input should be greater than 0"),
-    ({"architecture": "resnet"}, "architecture: unknown architecture 'resnet'; choose one of seed"),
+    ({"architecture": "resnet"}, "architecture: unknown architecture 'resnet'; choose one of seed, mlp"),
     ({"promote": "sometimes"}, "promote: Input should be 'if_better' or 'always'"),
     ({"validation_size": 10}, "validation_size: Input should be greater than or equal to 1000"),
     ({"batchsize": 10}, "batchsize: Extra inputs are not permitted"),
@@ -323,3 +323,10 @@ def test_feedback_is_stored_and_summarised(client):
     assert client.post("/feedback", json={"pixels": [[0.0] * 784] * 2, "label": 1}).json() == {
         "detail": "feedback takes one drawing at a time, not a batch"}
     assert client.post("/feedback", json={"strokes": [], "label": 3}).json() == {"detail": "the drawing is empty"}
+
+
+def test_architectures_lists_what_a_recipe_may_name(client):
+    body = client.get("/architectures").json()
+    assert body["architectures"] == ["seed", "mlp"]
+    assert body["default_recipe"]["architecture"] == "seed"
+    assert body["default_recipe"]["promote"] == "if_better"
