@@ -56,7 +56,7 @@ def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
         "test_accuracy": accuracy(result.network, data.X_test, data.y_test),
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.seconds, 2),
-        "n_train": len(data.y_train),
+        "n_train": len(y_train),  # feedback copies included
         "n_val": len(data.y_val),
         "n_test": len(data.y_test),
     }

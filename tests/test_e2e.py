@@ -277,3 +277,16 @@ def test_two_workers_swap_models_under_load_without_one_failed_request(tmp_state
         assert total > 100
     finally:
         srv.stop()
+
+
+def test_a_job_with_include_feedback_trains_on_it_and_reports_it_apart(server):
+    with server.client() as client:
+        for i in range(10):
+            assert client.post("/feedback", json={"strokes": STROKES_ONE, "label": 1}).status_code == 201
+        job_id = client.post("/train", json={"epochs": 1, "include_feedback": True}).json()["job_id"]
+        job = wait_for(client, job_id, ("succeeded", "failed", "interrupted"))
+        assert job["status"] == "succeeded", job
+        metrics = job["metrics"]
+        assert metrics["n_feedback"] == 10 and metrics["n_feedback_held_out"] == 2
+        assert metrics["feedback_accuracy"] == 1.0  # a vertical stroke is a 1
+        assert metrics["n_train"] > 50_000

@@ -180,3 +180,32 @@ def test_adam_and_the_mlp_with_dropout_train_reproducibly(mnist):
         np.testing.assert_array_equal(value, second.network.parameters()[key])
     with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam'"):
         Recipe(optimizer="rmsprop").validate()
+
+
+def test_feedback_is_oversampled_into_training_with_a_held_out_fifth():
+    from model.pipeline import FEEDBACK_HELD_OUT, mix_feedback
+    rng = np.random.default_rng(0)
+    X_train, y_train = rng.random((1000, 784), dtype=np.float32), rng.integers(0, 10, 1000)
+    X_fb, y_fb = rng.random((10, 784), dtype=np.float32), np.arange(10)
+    X, y, X_held, y_held = mix_feedback(X_train, y_train, X_fb, y_fb, seed=1)
+    assert len(y_held) == int(10 * FEEDBACK_HELD_OUT) == 2
+    used = sorted(set(range(10)) - set(y_held.tolist()))
+    np.testing.assert_array_equal(X[:1000], X_train)  # MNIST untouched, feedback appended
+    extra = y[1000:]
+    assert set(extra.tolist()) == set(used)  # held-out samples never train
+    assert len(extra) % len(used) == 0 and len(extra) // len(used) >= 1  # each used sample repeated alike
+    again = mix_feedback(X_train, y_train, X_fb, y_fb, seed=1)
+    np.testing.assert_array_equal(again[3], y_held)  # seeded
+
+
+def test_train_and_save_reports_accuracy_on_held_out_feedback_separately(mnist, tmp_path):
+    from dataclasses import replace
+    data = replace(mnist, X_train=mnist.X_train[:2000], y_train=mnist.y_train[:2000],
+                   X_val=mnist.X_val[:500], y_val=mnist.y_val[:500], X_test=mnist.X_test[:500],
+                   y_test=mnist.y_test[:500])
+    feedback = (mnist.X_test[500:550], mnist.y_test[500:550])
+    meta = train_and_save(Recipe(epochs=1), data, tmp_path / "m.npz", feedback=feedback)
+    metrics = meta["metrics"]
+    assert metrics["n_feedback"] == 50 and metrics["n_feedback_held_out"] == 10
+    assert 0.5 < metrics["feedback_accuracy"] <= 1.0
+    assert metrics["n_train"] > 2000  # the other 40 samples, oversampled, joined the training set
