@@ -37,7 +37,7 @@ def dense_stack_flops(name: str) -> int:
     gradient w.r.t. the layer's input, except for the first layer (nobody needs d/d pixels).
     """
     layers = architecture_spec(name)["layers"]
-    assert {layer["type"] for layer in layers} <= {"dense", "relu"}, f"{name} is not a dense stack"
+    assert {layer["type"] for layer in layers} <= {"dense", "relu", "dropout"}, f"{name} is not a dense stack"
     dense = [layer for layer in layers if layer["type"] == "dense"]
     return sum(2 * d["n_in"] * d["n_out"] * (2 if i == 0 else 3) for i, d in enumerate(dense))
 
@@ -45,6 +45,7 @@ def dense_stack_flops(name: str) -> int:
 # Architecture name -> FLOP per training sample. A new architecture (say a cnn) adds its own function.
 FLOPS_PER_SAMPLE = {
     "seed": dense_stack_flops,
+    "mlp": dense_stack_flops,
 }
 
 
