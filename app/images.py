@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_SIDE = 4096  # a 1 x 4,000,000 strip passes the pixel limit but costs ~1 GB to resample
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?:;[\w=.-]+)*?(?P<b64>;base64)?,", re.ASCII)
 
 
@@ -51,6 +52,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             if img.format not in FORMATS:
                 raise ImageError(f"the image is {img.format}; send PNG, JPEG or WebP", status=415)
             width, height = img.size
+            if max(width, height) > MAX_SIDE:
+                raise ImageError(f"the image is {width}x{height} pixels; neither side may exceed {MAX_SIDE} "
+                                 f"pixels, scale it down", status=413)
             if width * height > max_pixels:
                 raise ImageError(f"the image is {width}x{height} pixels, over the limit of {max_pixels} "
                                  f"pixels; scale it down", status=413)

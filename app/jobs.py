@@ -109,12 +109,26 @@ class Store:
         with self._connect() as db:
             db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
 
-    def finish_job(self, job_id: str, status: str, **fields) -> None:
-        assert status in FINAL_STATES, f"not a final state: {status}"
-        self.update_job(job_id, status=status, finished_at=time.time(), **fields)
-
-    def cancel_requested(self, job_id: str) -> bool:
+    def transition(self, job_id: str, from_states: tuple[str, ...], **fields) -> bool:
+        """Set columns only while the job is in one of `from_states`; False if it was not (someone else
+        moved it on, e.g. marked it interrupted), so a state is never overwritten blindly."""
+        values = [json.dumps(v) if isinstance(v, (dict, list)) else v for v in fields.values()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        marks = ", ".join("?" * len(from_states))
         with self._connect() as db:
+            cursor = db.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({marks})",
+                                (*values, job_id, *from_states))
+        return cursor.rowcount == 1
+
+    def finish_job(self, job_id: str, status: str, **fields) -> bool:
+        """Move a running (or queued) job to a final state; False if it had already ended."""
+        assert status in FINAL_STATES, f"not a final state: {status}"
+        return self.transition(job_id, ACTIVE_STATES, status=status, finished_at=time.time(), **fields)
+
+    def heartbeat(self, job_id: str) -> bool:
+        """Record that the job's process is alive; returns whether a cancel was asked for."""
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET heartbeat = ? WHERE id = ?", (time.time(), job_id))
             row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row["cancel_requested"])
 

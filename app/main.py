@@ -32,14 +32,17 @@ class ModelHolder:
 
     def __init__(self, weights_dir: Path) -> None:
         self.weights_dir = weights_dir
-        self.current: Model = load_model(active_path(weights_dir))
+        path = active_path(weights_dir)
+        self._identity = _identity(path)
+        self.current: Model = load_model(path)
         self.problem: str | None = None
 
     def refresh(self) -> bool:
-        """Load the active model if ACTIVE now names another file; True if the model changed."""
+        """Load the active model if ACTIVE names another file, or the same name rewritten; True if it changed."""
         try:
             path = active_path(self.weights_dir)
-            if self.current.path is not None and path.name == self.current.path.name:
+            identity = _identity(path)
+            if identity == self._identity:
                 return False
             model = load_model(path)
         except WeightsError as exc:
@@ -47,16 +50,25 @@ class ModelHolder:
                 log.error("keeping model %s: %s", self.current.version, exc)
             self.problem = str(exc)
             return False
-        self.current, self.problem = model, None
+        self.current, self.problem, self._identity = model, None, identity
         log.info("now serving model %s", model.version)
         return True
+
+
+def _identity(path: Path) -> tuple:
+    """What tells one weights file from another, even under the same name."""
+    stat = path.stat()
+    return path.name, stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 async def watch_active_model(holder: ModelHolder, interval: float, children: list) -> None:
     """Every `interval` seconds: pick up a new active model, and reap finished training processes."""
     while True:
         await asyncio.sleep(interval)
-        await asyncio.to_thread(holder.refresh)
+        try:
+            await asyncio.to_thread(holder.refresh)
+        except Exception:  # an unexpected failure must not end the watching for this process's life
+            log.exception("checking for a new active model failed; keeping %s", holder.current.version)
         children[:] = [proc for proc in children if proc.poll() is None]
 
 

@@ -187,8 +187,8 @@ def activate(version: str, request: Request) -> dict:
         raise HTTPException(404, f"no model version {version!r}; GET /models lists them")
     try:
         load_model(match[0])  # a file that cannot be served is never made active
+        set_active(weights_dir, match[0].name)
     except WeightsError as exc:
         raise HTTPException(422, f"model {version} cannot be loaded: {exc}") from exc
-    set_active(weights_dir, match[0].name)
     request.app.state.models.refresh()
     return {"active": version}

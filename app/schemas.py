@@ -105,7 +105,7 @@ class TrainRequest(BaseModel):
 
     architecture: str = Field("seed", description="a named architecture the trainer knows")
     epochs: int = Field(20, ge=1, le=200)
-    learning_rate: float = Field(0.5, gt=0, le=10)
+    learning_rate: float | None = Field(None, gt=0, le=10, description="default: 0.5 for sgd, 0.001 for adam")
     lr_decay: float = Field(0.9, gt=0, le=1, description="per-epoch learning-rate factor")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD only")
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -124,6 +124,12 @@ class TrainRequest(BaseModel):
         if value not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(ARCHITECTURES)}")
         return value
+
+    @model_validator(mode="after")
+    def _learning_rate_for_the_optimizer(self) -> "TrainRequest":
+        if self.learning_rate is None:  # Adam diverges at SGD's rate
+            self.learning_rate = 0.5 if self.optimizer == "sgd" else 1e-3
+        return self
 
 
 class JobCreated(BaseModel):

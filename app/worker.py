@@ -20,8 +20,8 @@ from app.jobs import Store
 from model.data import load_mnist
 from model.pipeline import train_and_save
 from model.registry import active_path, set_active
-from model.train import Progress, Recipe, TrainingCancelled
-from model.weights import WeightsError, read_meta
+from model.train import Progress, Recipe, TrainingCancelled, accuracy
+from model.weights import WeightsError, load_model
 
 log = logging.getLogger("digits.worker")
 PROGRESS_EVERY_S = 0.5
@@ -29,21 +29,23 @@ CANCEL_POLL_S = 0.2
 MAX_CURVE_POINTS = 400
 
 
-def promotion_decision(candidate: dict, weights_dir: Path, policy: str) -> tuple[bool, str]:
-    """Whether the new model becomes active, and why (recorded with the job)."""
+def promotion_decision(candidate: dict, weights_dir: Path, policy: str, X_val, y_val) -> tuple[bool, str]:
+    """Whether the new model becomes active, and why (recorded with the job).
+
+    The active model is scored on the candidate's own validation images, so the two figures compare
+    like with like whatever validation_size either was trained with.
+    """
     new_acc = candidate["metrics"]["val_accuracy"]
     try:
-        active = read_meta(active_path(weights_dir))
+        active = load_model(active_path(weights_dir))
     except WeightsError as exc:
         return True, f"promoted: there was no usable active model ({exc})"
-    old_acc = (active.get("metrics") or {}).get("val_accuracy")
+    old_acc = accuracy(active.network, X_val, y_val)
     if policy == "always":
-        return True, f"promoted: the recipe says always (validation {new_acc:.4f}, active {old_acc})"
-    if old_acc is None:
-        return True, f"promoted: the active model {active['version']} records no validation accuracy"
+        return True, f"promoted: the recipe says always (validation {new_acc:.4f}, active {old_acc:.4f})"
     if new_acc >= old_acc:
-        return True, f"promoted: validation accuracy {new_acc:.4f} >= active {active['version']}'s {old_acc:.4f}"
-    return False, f"kept {active['version']}: its validation accuracy {old_acc:.4f} beats the new {new_acc:.4f}"
+        return True, f"promoted: validation accuracy {new_acc:.4f} >= active {active.version}'s {old_acc:.4f}"
+    return False, f"kept {active.version}: its validation accuracy {old_acc:.4f} beats the new {new_acc:.4f}"
 
 
 class JobReporter:
@@ -64,7 +66,7 @@ class JobReporter:
         now = time.monotonic()
         if not self._stop and now - self._last_poll >= CANCEL_POLL_S:
             self._last_poll = now
-            self._stop = self.store.cancel_requested(self.job_id)
+            self._stop = self.store.heartbeat(self.job_id)  # a live heartbeat even in long epochs
         return self._stop
 
     def on_progress(self, p: Progress) -> None:
@@ -93,7 +95,9 @@ def run_job(store: Store, job_id: str, weights_dir: Path, data_dir: Path) -> str
         raise SystemExit(f"job {job_id} is not queued")
     reporter = JobReporter(store, job_id)
     signal.signal(signal.SIGTERM, reporter.stop)
-    store.update_job(job_id, status="running", pid=os.getpid(), started_at=time.time(), heartbeat=time.time())
+    if not store.transition(job_id, ("queued",), status="running", pid=os.getpid(), started_at=time.time(),
+                            heartbeat=time.time()):
+        raise SystemExit(f"job {job_id} is no longer queued")
     recipe_fields = dict(job["recipe"])
     policy = recipe_fields.pop("promote", "if_better")
     include_feedback = recipe_fields.pop("include_feedback", False)
@@ -108,12 +112,15 @@ def run_job(store: Store, job_id: str, weights_dir: Path, data_dir: Path) -> str
                               extra_meta={"job_id": job_id}, feedback=feedback)
         final_path = weights_dir / f"{meta['version']}.npz"
         os.replace(tmp_path, final_path)
-        promoted, reason = promotion_decision(meta, weights_dir, policy)
+        promoted, reason = promotion_decision(meta, weights_dir, policy, data.X_val, data.y_val)
+        if not store.finish_job(job_id, "succeeded", metrics=meta["metrics"], model_version=meta["version"],
+                                promoted=int(promoted), decision=reason, history=reporter.history,
+                                curve=reporter.curve):
+            log.error("job %s was ended by someone else; its model %s is kept but not activated",
+                      job_id, meta["version"])
+            return "failed"
         if promoted:
             set_active(weights_dir, final_path.name)
-        store.finish_job(job_id, "succeeded", metrics=meta["metrics"], model_version=meta["version"],
-                         promoted=int(promoted), decision=reason, history=reporter.history,
-                         curve=reporter.curve)
         log.info("job %s: %s", job_id, reason)
         return "succeeded"
     except TrainingCancelled as exc:

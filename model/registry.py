@@ -57,6 +57,8 @@ def list_models(weights_dir: Path) -> list[tuple[Path, dict | WeightsError]]:
     """Every `.npz` in the folder with its metadata (or the error reading it), oldest first."""
     out = []
     for path in sorted(Path(weights_dir).glob("*.npz")):
+        if path.name.startswith("."):  # a training run's temporary file, not a model
+            continue
         try:
             out.append((path, read_meta(path)))
         except WeightsError as exc:

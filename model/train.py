@@ -113,16 +113,18 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
                 raise TrainingCancelled(f"cancelled in epoch {epoch}, step {step}")
             idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             X_batch = X_train[idx] if not recipe.augment else augment(X_train[idx], aug_rng)
-            # L2's gradient goes into the update, not into the gradients: fewer passes over the weights.
-            loss_sum += network.loss_and_gradients(X_batch, y_train[idx]) + network.l2_penalty(recipe.l2)
+            # L2's gradient goes into the update, not into the gradients: fewer passes over the weights;
+            # its term in the loss is added where the loss is reported.
+            loss_sum += network.loss_and_gradients(X_batch, y_train[idx])
             optimizer.step(network.parameters(), network.gradients(), weight_decay)
             if on_progress is not None and ((step + 1) % report_every == 0 or step + 1 == n_steps):
                 done = min((step + 1) * recipe.batch_size, n)
-                on_progress(Progress(epoch, recipe.epochs, step + 1, n_steps, loss_sum / (step + 1),
+                on_progress(Progress(epoch, recipe.epochs, step + 1, n_steps,
+                                     loss_sum / (step + 1) + network.l2_penalty(recipe.l2),
                                      done / (time.perf_counter() - epoch_start)))
         epoch_seconds = time.perf_counter() - epoch_start
         val_acc = accuracy(network, X_val, y_val) if len(y_val) else float("nan")
-        record = {"epoch": epoch, "loss": loss_sum / n_steps, "val_accuracy": val_acc,
+        record = {"epoch": epoch, "loss": loss_sum / n_steps + network.l2_penalty(recipe.l2), "val_accuracy": val_acc,
                   "learning_rate": optimizer.learning_rate, "seconds": epoch_seconds}
         history.append(record)
         if not len(y_val) or val_acc > best[0]:

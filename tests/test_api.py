@@ -186,10 +186,18 @@ def test_truncated_png_is_refused_as_corrupt(client):
 
 
 def test_an_image_over_the_pixel_limit_is_refused_before_decoding(client):
-    # 5000x5000 single-colour PNG compresses to a few KB: a small body that would decode to 25 Mpx.
-    response = client.post("/predict", json={"image": png_data_url(size=(5000, 5000), mode="L", draw=False)})
+    # 2000x1000 single-colour PNG compresses to a few KB: a small body that would decode to 2 Mpx.
+    response = client.post("/predict", json={"image": png_data_url(size=(2000, 1000), mode="L", draw=False)})
     assert response.status_code == 413
-    assert response.json() == {"detail": "the image is 5000x5000 pixels, over the limit of 1000000 pixels; "
+    assert response.json() == {"detail": "the image is 2000x1000 pixels, over the limit of 1000000 pixels; "
+                                         "scale it down"}
+
+
+def test_a_long_thin_strip_is_refused_whatever_its_pixel_count(client):
+    # 1 x 5000 passes the pixel limit but resampling such a side costs far more than its pixels.
+    response = client.post("/predict", json={"image": png_data_url(size=(5000, 1), mode="L", draw=False)})
+    assert response.status_code == 413
+    assert response.json() == {"detail": "the image is 5000x1 pixels; neither side may exceed 4096 pixels, "
                                          "scale it down"}
 
 
@@ -330,3 +338,34 @@ def test_architectures_lists_what_a_recipe_may_name(client):
     assert body["architectures"] == ["seed", "mlp"]
     assert body["default_recipe"]["architecture"] == "seed"
     assert body["default_recipe"]["promote"] == "if_better"
+
+
+def test_a_model_rewritten_under_the_active_name_is_picked_up(client, weights_dir):
+    network = Network(TINY_SPEC, np.random.default_rng(9))
+    save_model(weights_dir / "tiny.npz", network, {"version": "tiny-2", "preprocessing_version": 1})
+    assert client.app.state.models.refresh() is True
+    assert client.get("/model").json()["version"] == "tiny-2"
+    assert client.app.state.models.refresh() is False  # nothing new since
+
+
+def test_temporary_files_of_training_runs_are_not_listed_as_models(client, weights_dir):
+    (weights_dir / ".job-abc.npz").write_bytes(b"half-written")
+    assert [m["file"] for m in client.get("/models").json()["models"]] == ["tiny.npz"]
+
+
+def test_a_recipe_without_learning_rate_gets_one_suited_to_its_optimizer():
+    from app.schemas import TrainRequest
+    assert TrainRequest().learning_rate == 0.5
+    assert TrainRequest(optimizer="adam").learning_rate == 1e-3
+    assert TrainRequest(optimizer="adam", learning_rate=0.01).learning_rate == 0.01
+
+
+def test_a_job_state_moves_on_only_from_the_states_expected(tmp_path):
+    from app.jobs import Store
+    store = Store(tmp_path / "db.sqlite3")
+    job_id = store.create_job({"epochs": 1})
+    assert store.transition(job_id, ("queued",), status="running", pid=1) is True
+    assert store.transition(job_id, ("queued",), status="running", pid=2) is False
+    assert store.finish_job(job_id, "interrupted", error="gone") is True
+    assert store.finish_job(job_id, "succeeded") is False  # an ended job is never overwritten
+    assert store.get_job(job_id)["status"] == "interrupted"
