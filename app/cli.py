@@ -56,7 +56,7 @@ def cmd_train(args) -> int:
 
     recipe = Recipe(architecture=args.arch, epochs=args.epochs, batch_size=args.batch_size,
                     learning_rate=args.learning_rate, lr_decay=args.lr_decay, momentum=args.momentum,
-                    optimizer=args.optimizer,
+                    optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
                     l2=args.l2, seed=args.seed, augment=args.augment, validation_size=args.validation_size)
     recipe.validate()
     data = load_mnist(resolve_data_dir(args.data_dir), validation_size=recipe.validation_size)
@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-decay", type=float, default=d.lr_decay, help="per-epoch factor")
     train.add_argument("--momentum", type=float, default=d.momentum, help="SGD only")
     train.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
+    train.add_argument("--schedule", choices=("exponential", "step", "cosine"), default=d.schedule)
+    train.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     train.add_argument("--l2", type=float, default=d.l2)
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--augment", action="store_true", help="random affine distortions of every batch")

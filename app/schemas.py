@@ -106,7 +106,9 @@ class TrainRequest(BaseModel):
     architecture: str = Field("seed", description="a named architecture the trainer knows")
     epochs: int = Field(20, ge=1, le=200)
     learning_rate: float | None = Field(None, gt=0, le=10, description="default: 0.5 for sgd, 0.001 for adam")
-    lr_decay: float = Field(0.9, gt=0, le=1, description="per-epoch learning-rate factor")
+    lr_decay: float = Field(0.9, gt=0, le=1, description="per-epoch learning-rate factor (exponential schedule)")
+    schedule: Literal["exponential", "step", "cosine"] = "exponential"
+    warmup_epochs: float = Field(0.0, ge=0, le=20, description="linear warm-up from 0 over this many epochs")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD only")
     optimizer: Literal["sgd", "adam"] = "sgd"
     batch_size: int = Field(128, ge=1, le=8192)

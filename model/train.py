@@ -4,6 +4,7 @@ The same `train` function serves `digits train` and the service's background job
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -15,6 +16,9 @@ from model.network import Network
 from model.optim import SGD, Adam
 
 
+SCHEDULES = ("exponential", "step", "cosine")
+
+
 @dataclass
 class Recipe:
     """Hyper-parameters of one training run; stored in the weights file."""
@@ -22,7 +26,9 @@ class Recipe:
     epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 0.5
-    lr_decay: float = 0.9  # learning rate multiplied by this after every epoch
+    lr_decay: float = 0.9  # "exponential" schedule: learning rate multiplied by this after every epoch
+    schedule: str = "exponential"  # or "step" (x0.1 at 50% and 75% of the epochs) or "cosine" (to 0)
+    warmup_epochs: float = 0.0  # linear ramp from 0 over this many epochs, then the schedule
     momentum: float = 0.0  # SGD only
     optimizer: str = "sgd"  # "sgd" or "adam"
     l2: float = 1e-4
@@ -38,6 +44,8 @@ class Recipe:
             (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (self.optimizer in ("sgd", "adam"), "optimizer must be 'sgd' or 'adam'"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs must be in [0, epochs]"),
             (self.l2 >= 0, "l2 must be non-negative"),
             (0 <= self.validation_size < 60_000, "validation_size must be in [0, 60000)"),
         ]
@@ -75,6 +83,20 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def scheduled_rate(recipe: "Recipe", t: float) -> float:
+    """The learning rate after t epochs of training (t is fractional within an epoch)."""
+    E = recipe.epochs
+    if recipe.schedule == "exponential":
+        factor = recipe.lr_decay ** math.floor(t)
+    elif recipe.schedule == "step":
+        factor = 0.1 ** ((t >= 0.5 * E) + (t >= 0.75 * E))
+    else:  # cosine
+        factor = 0.5 * (1 + math.cos(math.pi * min(t, E) / E))
+    if recipe.warmup_epochs and t < recipe.warmup_epochs:
+        factor *= t / recipe.warmup_epochs
+    return recipe.learning_rate * factor
+
+
 class TrainingCancelled(Exception):
     """Raised between steps when `should_stop()` answers True."""
 
@@ -102,6 +124,9 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
     n_steps = -(-n // recipe.batch_size)
     weight_decay = dict.fromkeys(network.weight_keys(), recipe.l2)
     aug_rng = np.random.default_rng([recipe.seed, 1])  # its own stream: augment leaves shuffling unchanged
+    # The plain exponential schedule keeps its per-epoch multiplication (so shipped models reproduce
+    # bit for bit); the others set the rate at every step.
+    per_step_rate = recipe.schedule != "exponential" or recipe.warmup_epochs > 0
     best = (-1.0, 0, None)
     history: list[dict] = []
     started = time.perf_counter()
@@ -112,6 +137,8 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
             if should_stop is not None and should_stop():
                 raise TrainingCancelled(f"cancelled in epoch {epoch}, step {step}")
             idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            if per_step_rate:
+                optimizer.learning_rate = scheduled_rate(recipe, epoch - 1 + (step + 1) / n_steps)
             X_batch = X_train[idx] if not recipe.augment else augment(X_train[idx], aug_rng)
             # L2's gradient goes into the update, not into the gradients: fewer passes over the weights;
             # its term in the loss is added where the loss is reported.
@@ -132,6 +159,7 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
         if on_progress is not None:
             on_progress(Progress(epoch, recipe.epochs, n_steps, n_steps, record["loss"],
                                  n / epoch_seconds, val_acc, epoch_done=True))
-        optimizer.learning_rate *= recipe.lr_decay
+        if not per_step_rate:
+            optimizer.learning_rate *= recipe.lr_decay
     network.set_parameters(best[2])
     return TrainResult(network, best[1], best[0], history, time.perf_counter() - started)

@@ -209,3 +209,33 @@ def test_train_and_save_reports_accuracy_on_held_out_feedback_separately(mnist, 
     assert metrics["n_feedback"] == 50 and metrics["n_feedback_held_out"] == 10
     assert 0.5 < metrics["feedback_accuracy"] <= 1.0
     assert metrics["n_train"] > 2000  # the other 40 samples, oversampled, joined the training set
+
+
+@pytest.mark.parametrize("schedule, t, factor", [
+    ("exponential", 2.5, 0.9 ** 2),
+    ("step", 4.9, 1.0), ("step", 5.0, 0.1), ("step", 7.5, 0.01),
+    ("cosine", 0.0, 1.0), ("cosine", 5.0, 0.5), ("cosine", 10.0, 0.0),
+])
+def test_learning_rate_schedules(schedule, t, factor):
+    from model.train import scheduled_rate
+    recipe = Recipe(epochs=10, schedule=schedule, learning_rate=0.2)
+    assert scheduled_rate(recipe, t) == pytest.approx(0.2 * factor, abs=1e-12)
+
+
+def test_warm_up_ramps_linearly_then_hands_over_to_the_schedule():
+    from model.train import scheduled_rate
+    recipe = Recipe(epochs=10, schedule="cosine", warmup_epochs=2, learning_rate=0.2)
+    assert scheduled_rate(recipe, 0.5) == pytest.approx(0.2 * 0.25 * 0.5 * (1 + np.cos(np.pi * 0.05)))
+    assert scheduled_rate(recipe, 3) == pytest.approx(0.2 * 0.5 * (1 + np.cos(np.pi * 0.3)))
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        Recipe(schedule="linear").validate()
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        Recipe(epochs=2, warmup_epochs=3).validate()
+
+
+def test_a_cosine_run_records_the_rate_it_ended_each_epoch_with(mnist):
+    X, y, Xv, yv = mnist.X_train[:1000], mnist.y_train[:1000], mnist.X_val[:300], mnist.y_val[:300]
+    result = train(Recipe(epochs=2, schedule="cosine", warmup_epochs=0.5), X, y, Xv, yv)
+    rates = [record["learning_rate"] for record in result.history]
+    assert rates[0] == pytest.approx(0.5 * 0.5 * (1 + np.cos(np.pi * 0.5)))  # end of epoch 1 of 2
+    assert rates[1] == pytest.approx(0.0, abs=1e-12)
