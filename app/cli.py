@@ -108,6 +108,10 @@ def cmd_serve(args) -> int:
     settings = Settings()
     settings.check_paths()
     load_model(active_path(settings.weights_dir))  # refuse to start, with the reason, before forking workers
+    if settings.admin_token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without DIGITS_ADMIN_TOKEN: training and activation answer loopback "
+                    "clients only, and behind a reverse proxy on this machine every client looks like "
+                    "loopback; set DIGITS_ADMIN_TOKEN", args.host)
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level=args.log_level)
     return 0

@@ -143,3 +143,25 @@ def test_a_usage_error_exits_2_with_usage(argv, capsys):
         main(argv)
     assert info.value.code == 2
     assert "usage: digits" in capsys.readouterr().err
+
+
+def test_serve_warns_when_listening_beyond_loopback_without_a_token(monkeypatch, caplog, tmp_path):
+    import shutil
+    import uvicorn
+
+    from app.settings import ROOT
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    active = (ROOT / "weights" / "ACTIVE").read_text().strip()
+    shutil.copy(ROOT / "weights" / active, weights / active)
+    (weights / "ACTIVE").write_text(active)
+    monkeypatch.setenv("DIGITS_WEIGHTS_DIR", str(weights))
+    monkeypatch.delenv("DIGITS_ADMIN_TOKEN", raising=False)
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(k))
+    assert main(["serve", "--host", "0.0.0.0"]) == 0
+    assert started and started[0]["host"] == "0.0.0.0"
+    assert "without DIGITS_ADMIN_TOKEN" in caplog.text
+    caplog.clear()
+    assert main(["serve"]) == 0
+    assert "without DIGITS_ADMIN_TOKEN" not in caplog.text
