@@ -13,14 +13,15 @@ import os
 import sys
 from pathlib import Path
 
-from model.data import DataError, default_data_dir
+from model.data import DataError
 
 log = logging.getLogger("digits")
 
 
 def resolve_data_dir(flag: str | None) -> Path:
-    """--data-dir, else DIGITS_DATA_DIR, else the per-user cache folder."""
-    return Path(flag or os.environ.get("DIGITS_DATA_DIR") or default_data_dir())
+    """--data-dir, else DIGITS_DATA_DIR, else the per-user cache folder (as the service resolves it)."""
+    from app.settings import Settings
+    return Path(flag) if flag else Settings().mnist_dir
 
 
 def cmd_fetch(args) -> int:

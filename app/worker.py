@@ -94,7 +94,7 @@ def run_job(store: Store, job_id: str, weights_dir: Path, data_dir: Path) -> str
     if job is None or job["status"] != "queued":
         raise SystemExit(f"job {job_id} is not queued")
     reporter = JobReporter(store, job_id)
-    signal.signal(signal.SIGTERM, reporter.stop)
+    signal.signal(signal.SIGTERM, reporter.stop)  # a plain `kill` also ends the job as cancelled
     if not store.transition(job_id, ("queued",), status="running", pid=os.getpid(), started_at=time.time(),
                             heartbeat=time.time()):
         raise SystemExit(f"job {job_id} is no longer queued")
