@@ -26,7 +26,8 @@ from model.train import Progress, Recipe, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-TARGET_PEAK_FRACTION = 0.75
+# Best epoch's fraction of the matmul peak, per architecture (issues #2 and #5); others are reported only.
+TARGET_PEAK_FRACTION = {"seed": 0.75, "cnn": 0.35}
 TARGET_MEMORY_MB = 1000
 
 
@@ -42,10 +43,34 @@ def dense_stack_flops(name: str) -> int:
     return sum(2 * d["n_in"] * d["n_out"] * (2 if i == 0 else 3) for i, d in enumerate(dense))
 
 
-# Architecture name -> FLOP per training sample. A new architecture (say a cnn) adds its own function.
+def layer_stack_flops(name: str) -> int:
+    """FLOP per training sample of a stack of convolution, pooling and dense layers.
+
+    A 'same' k x k convolution from C_in to C_out channels on an H x W map costs 2*H*W*k*k*C_in*C_out
+    forward, as much for the weight gradient, and as much for the input gradient except for the first
+    layer with parameters. Dense layers count as in `dense_stack_flops`; pooling, ReLU, dropout and
+    reshapes are elementwise and not counted.
+    """
+    flops, side, first = 0, 28, True
+    for layer in architecture_spec(name)["layers"]:
+        kind = layer["type"]
+        if kind == "conv2d":
+            per_pass = 2 * side * side * layer["kernel"] ** 2 * layer["n_in"] * layer["n_out"]
+        elif kind == "dense":
+            per_pass = 2 * layer["n_in"] * layer["n_out"]
+        else:
+            side //= 2 if kind == "maxpool2d" else 1
+            continue
+        flops += per_pass * (2 if first else 3)
+        first = False
+    return flops
+
+
+# Architecture name -> FLOP per training sample.
 FLOPS_PER_SAMPLE = {
     "seed": dense_stack_flops,
     "mlp": dense_stack_flops,
+    "cnn": layer_stack_flops,
 }
 
 
@@ -151,9 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             rate = len(X) / epoch_s
             gflops = rate * flops / 1e9
             print(f"  {label:8}{rate:11,.0f}{gflops:10.1f}{gflops / peak:10.1%}")
-        met = len(X) / min(seconds) * flops / 1e9 / peak >= TARGET_PEAK_FRACTION
+        target = TARGET_PEAK_FRACTION.get(name)
+        if target is None:
+            print("  no target for this architecture")
+            continue
+        met = len(X) / min(seconds) * flops / 1e9 / peak >= target
         all_met &= met
-        print(f"  target: best >= {TARGET_PEAK_FRACTION:.0%} of peak: {'met' if met else 'MISSED'}")
+        print(f"  target: best >= {target:.0%} of peak: {'met' if met else 'MISSED'}")
     rss_mb = peak_rss_mb()
     met = rss_mb < TARGET_MEMORY_MB
     all_met &= met

@@ -122,12 +122,14 @@ class Dropout(Layer):
 
     def forward(self, X, training=False):
         if not training or self.rate == 0:
+            self._mask = None
             return X
         self._mask = (self.rng.random(X.shape, dtype=np.float32) >= self.rate) * DTYPE(1 / (1 - self.rate))
         return X * self._mask
 
     def backward(self, dY):
-        dY *= self._mask
+        if self._mask is not None:
+            dY *= self._mask
         return dY
 
     def spec(self):

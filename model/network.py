@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 import model.conv  # noqa: F401  (registers the convolution layers with build_layer)
-from model.layers import DTYPE, Layer, SoftmaxCrossEntropy, build_layer, softmax
+from model.layers import DTYPE, Dropout, Layer, SoftmaxCrossEntropy, build_layer, softmax
 
 N_CLASSES = 10
 N_PIXELS = 784
@@ -27,10 +27,22 @@ def architecture_spec(name: str) -> dict:
             {"type": "dense", "n_in": 800, "n_out": 800}, {"type": "relu"}, {"type": "dropout", "rate": 0.3},
             {"type": "dense", "n_in": 800, "n_out": N_CLASSES},
         ]}
+    if name == "cnn":
+        # Two 5x5 convolution blocks and a dense head, the LeNet-like shape that reaches 99.5-99.7%
+        # on MNIST with augmentation. Pooling comes before the ReLU: max and ReLU commute, so the
+        # result is the same, and the ReLU then runs on a quarter of the values.
+        return {"name": "cnn", "layers": [
+            {"type": "reshape", "shape": [28, 28, 1]},
+            {"type": "conv2d", "n_in": 1, "n_out": 32, "kernel": 5}, {"type": "maxpool2d"}, {"type": "relu"},
+            {"type": "conv2d", "n_in": 32, "n_out": 64, "kernel": 5}, {"type": "maxpool2d"}, {"type": "relu"},
+            {"type": "flatten"},
+            {"type": "dense", "n_in": 7 * 7 * 64, "n_out": 256}, {"type": "relu"}, {"type": "dropout", "rate": 0.5},
+            {"type": "dense", "n_in": 256, "n_out": N_CLASSES},
+        ]}
     raise ValueError(f"unknown architecture {name!r}; known: {ARCHITECTURES}")
 
 
-ARCHITECTURES = ("seed", "mlp")
+ARCHITECTURES = ("seed", "mlp", "cnn")
 
 
 class Network:
@@ -116,14 +128,121 @@ class Network:
                 grads[key] += DTYPE(l2) * params[key]
         return loss
 
-    def predict_proba(self, X: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-        """X: (N, 784) float32 in [0, 1] -> (N, 10) probabilities."""
+    @property
+    def inference_batch(self) -> int:
+        """Rows per forward pass when scoring many images: a convolution's im2col matrix holds
+        k*k values per pixel and channel, so conv nets take smaller slices to stay within memory."""
+        return 256 if any(layer.kind == "conv2d" for layer in self.layers) else 2048
+
+    def logits(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """X: (N, 784) float32 in [0, 1] -> (N, 10) logits, computed in slices."""
         X = np.asarray(X, dtype=DTYPE).reshape(-1, N_PIXELS)
+        batch_size = batch_size or self.inference_batch
         out = np.empty((len(X), N_CLASSES), dtype=DTYPE)
         for start in range(0, len(X), batch_size):
-            out[start:start + batch_size] = softmax(self.forward(X[start:start + batch_size]))
+            out[start:start + batch_size] = self.forward(X[start:start + batch_size])
         return out
+
+    def predict_proba(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """X: (N, 784) float32 in [0, 1] -> (N, 10) probabilities."""
+        return softmax(self.logits(X, batch_size))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """X: (N, 784) -> (N,) predicted digits."""
         return self.predict_proba(X).argmax(axis=1)
+
+    def input_gradient(self, X: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """d log p(class) / d pixels for each row of X: (N, 784), the saliency of each pixel.
+
+        Positive where more ink would make the class more likely. Runs the inference network (no
+        dropout) with the caches that backward needs; parameter gradients are overwritten.
+        """
+        X = np.asarray(X)
+        X = (X if X.dtype == np.float64 else X.astype(DTYPE)).reshape(len(X), -1)  # float64 for gradient checks
+        dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
+        first = next((layer for layer in self.layers if layer.params), None)
+        rates = [layer.rate for layer in dropouts]
+        try:
+            for layer in dropouts:
+                layer.rate = 0.0
+            if first is not None:
+                first.needs_input_grad = True
+            probs = softmax(self.forward(X, training=True))
+            # d log softmax_c / d logits = onehot(c) - probs
+            dlogits = -probs
+            dlogits[np.arange(len(X)), classes] += 1
+            dA = dlogits
+            for layer in reversed(self.layers):
+                dA = layer.backward(dA)
+            return dA.reshape(X.shape)
+        finally:
+            for layer, rate in zip(dropouts, rates):
+                layer.rate = rate
+            if first is not None:
+                first.needs_input_grad = False
+
+
+class Ensemble:
+    """Several networks whose probabilities are averaged; the same interface as `Network`.
+
+    Its spec is {"name": "ensemble", "members": [member spec, ...]} and its parameters are the members'
+    under "m<i>." prefixes, so one weights file holds the whole ensemble.
+    """
+
+    def __init__(self, spec: dict, rng: np.random.Generator | None = None) -> None:
+        members = spec.get("members") if isinstance(spec, dict) else None
+        if not isinstance(members, list) or not members:
+            raise ValueError("an ensemble spec needs a non-empty 'members' list")
+        self.members = [Network(member, rng) for member in members]
+        self.spec = {"name": str(spec.get("name", "ensemble")), "members": [m.spec for m in self.members]}
+        self.name = self.spec["name"]
+
+    @classmethod
+    def of(cls, networks: list[Network], name: str = "ensemble") -> "Ensemble":
+        ensemble = cls({"name": name, "members": [n.spec for n in networks]})
+        ensemble.members = list(networks)
+        return ensemble
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [layer for member in self.members for layer in member.layers]
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {f"m{i}.{k}": v for i, m in enumerate(self.members) for k, v in m.parameters().items()}
+
+    def set_parameters(self, arrays: dict[str, np.ndarray]) -> None:
+        own = self.parameters()
+        missing, extra = own.keys() - arrays.keys(), arrays.keys() - own.keys()
+        if missing or extra:
+            raise ValueError(f"parameters do not match the ensemble: missing {sorted(missing)}, "
+                             f"unexpected {sorted(extra)}")
+        for i, member in enumerate(self.members):
+            prefix = f"m{i}."
+            member.set_parameters({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+
+    def predict_proba(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """The members' probabilities, averaged."""
+        total = self.members[0].predict_proba(X, batch_size)
+        for member in self.members[1:]:
+            total += member.predict_proba(X, batch_size)
+        total /= len(self.members)
+        return total
+
+    def logits(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """log of the averaged probabilities: softmax of these gives the ensemble's probabilities back,
+        and temperature scaling applies to them as to a single network's logits."""
+        return np.log(np.maximum(self.predict_proba(X, batch_size), np.finfo(DTYPE).tiny))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.predict_proba(X).argmax(axis=1)
+
+    def input_gradient(self, X: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """The members' saliencies, averaged."""
+        return sum(m.input_gradient(X, classes) for m in self.members) / len(self.members)
+
+
+def build_network(spec: dict, rng: np.random.Generator | None = None) -> Network | Ensemble:
+    """A `Network`, or an `Ensemble` when the spec lists members."""
+    if isinstance(spec, dict) and "members" in spec:
+        return Ensemble(spec, rng)
+    return Network(spec, rng)

@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from model.calibrate import calibrate
 from model.data import Dataset
 from model.preprocess import PREPROCESSING_VERSION
 from model.train import Progress, Recipe, accuracy, train
@@ -34,6 +35,13 @@ def mix_feedback(X_train: np.ndarray, y_train: np.ndarray, X_fb: np.ndarray, y_f
     X = np.concatenate([X_train, np.tile(X_fb[used], (repeats, 1))])
     y = np.concatenate([y_train, np.tile(y_fb[used], repeats)])
     return X, y, X_fb[held], y_fb[held]
+
+
+def calibration_of(network, X_val: np.ndarray, y_val: np.ndarray) -> dict | None:
+    """Temperature, "not sure" threshold and ECE before/after, fitted on validation data (None without it)."""
+    if not len(y_val):
+        return None
+    return calibrate(network.logits(X_val), y_val).to_dict()
 
 
 def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
@@ -66,6 +74,7 @@ def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
         metrics["feedback_accuracy"] = (accuracy(result.network, X_fb_held, y_fb_held)
                                         if y_fb_held is not None and len(y_fb_held) else None)
     meta = {
+        "calibration": calibration_of(result.network, data.X_val, data.y_val),
         "preprocessing_version": PREPROCESSING_VERSION,
         "recipe": recipe.to_dict(),
         "seed": recipe.seed,
@@ -76,3 +85,59 @@ def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
         **(extra_meta or {}),
     }
     return save_model(out_path, result.network, meta)
+
+
+def calibrate_saved(path: Path, data: Dataset) -> dict:
+    """Fit (or refit) a saved model's calibration on the validation split it was chosen with, in place.
+
+    The split must be the one the model was trained beside: `data` is loaded with the model's own
+    validation size, so no image the model was trained on is used.
+    """
+    from model.weights import load_model, update_meta
+
+    model = load_model(path)
+    return update_meta(path, {"calibration": calibration_of(model.network, data.X_val, data.y_val)})
+
+
+def ensemble_and_save(paths: list[Path], data: Dataset, out_path: Path) -> dict:
+    """Average several saved models into one ensemble file, measured and calibrated like a trained one.
+
+    Every member must use this code's preprocessing and have held out the same validation split (their
+    recipes' validation_size and the split seed), so validation stays unseen by all of them.
+    """
+    from model.network import Ensemble
+    from model.weights import load_model
+
+    if len(paths) < 2:
+        raise ValueError("an ensemble needs at least two models")
+    models = [load_model(p) for p in paths]
+    for m in models:
+        if m.meta["preprocessing_version"] != PREPROCESSING_VERSION:
+            raise ValueError(f"{m.version} was made for preprocessing version {m.meta['preprocessing_version']}, "
+                             f"this code has {PREPROCESSING_VERSION}")
+        size = (m.meta.get("recipe") or {}).get("validation_size")
+        if size != len(data.y_val):
+            raise ValueError(f"{m.version} held out {size} validation images, not the {len(data.y_val)} "
+                             f"of this split: its validation accuracy would not be comparable")
+        if isinstance(m.network, Ensemble):
+            raise ValueError(f"{m.version} is already an ensemble; list its members instead")
+    ensemble = Ensemble.of([m.network for m in models])
+    metrics = {
+        "val_accuracy": accuracy(ensemble, data.X_val, data.y_val),
+        "test_accuracy": accuracy(ensemble, data.X_test, data.y_test),
+        "train_seconds": round(sum(m.meta.get("metrics", {}).get("train_seconds", 0.0) for m in models), 2),
+        "n_val": len(data.y_val),
+        "n_test": len(data.y_test),
+        "members": {m.version: {k: m.meta.get("metrics", {}).get(k) for k in ("val_accuracy", "test_accuracy")}
+                    for m in models},
+    }
+    meta = {
+        "calibration": calibration_of(ensemble, data.X_val, data.y_val),
+        "preprocessing_version": PREPROCESSING_VERSION,
+        "recipe": {"ensemble_of": [m.version for m in models], "validation_size": len(data.y_val)},
+        "members": [{"version": m.version, "recipe": m.meta.get("recipe")} for m in models],
+        "metrics": metrics,
+        "data_checksums": data.checksums,
+        "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
+    }
+    return save_model(out_path, ensemble, meta)

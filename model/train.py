@@ -57,6 +57,26 @@ class Recipe:
         return asdict(self)
 
 
+# Each architecture's default recipe: what `Recipe` leaves unsaid, per architecture. The mlp and cnn
+# recipes are the ones their shipped models were trained with (weights/README.md).
+ARCHITECTURE_RECIPES: dict[str, dict] = {
+    "seed": {},
+    "mlp": {"epochs": 40, "learning_rate": 0.05, "momentum": 0.9, "lr_decay": 0.95, "l2": 1e-5, "augment": True},
+    "cnn": {"epochs": 16, "learning_rate": 0.05, "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1.0,
+            "l2": 5e-4, "augment": True},
+}
+ADAM_LEARNING_RATE = 1e-3  # Adam diverges at SGD's rates
+
+
+def recipe_for(architecture: str, **overrides) -> Recipe:
+    """The architecture's default recipe with `overrides` (None values ignored) on top."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    fields = {**ARCHITECTURE_RECIPES.get(architecture, {}), **given, "architecture": architecture}
+    if fields.get("optimizer") == "adam" and "learning_rate" not in given:
+        fields["learning_rate"] = ADAM_LEARNING_RATE
+    return Recipe(**fields)
+
+
 @dataclass
 class Progress:
     """What the loop reports after every step and at the end of every epoch."""

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.network import Network
+from model.calibrate import scaled_probabilities
+from model.network import Ensemble, Network, build_network
 
 FORMAT_VERSION = 1
 META_KEY = "meta"
@@ -30,13 +31,27 @@ class WeightsError(ValueError):
 @dataclass
 class Model:
     """A loaded network with its metadata."""
-    network: Network
+    network: Network | Ensemble
     meta: dict
     path: Path | None = None
 
     @property
     def version(self) -> str:
         return self.meta["version"]
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature fitted on validation data (`model.calibrate`); 1 if never fitted."""
+        return float((self.meta.get("calibration") or {}).get("temperature", 1.0))
+
+    @property
+    def threshold(self) -> float:
+        """Calibrated confidence below which an answer is "not sure"; 0 (always sure) if never chosen."""
+        return float((self.meta.get("calibration") or {}).get("threshold", 0.0))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """(N, 784) -> calibrated (N, 10) float64 probabilities."""
+        return scaled_probabilities(self.network.logits(X), self.temperature)
 
 
 def make_version(architecture_name: str, arrays: dict[str, np.ndarray], created_at: datetime) -> str:
@@ -48,7 +63,7 @@ def make_version(architecture_name: str, arrays: dict[str, np.ndarray], created_
     return f"{architecture_name}-{created_at:%Y%m%d-%H%M%S}-{digest.hexdigest()[:8]}"
 
 
-def save_model(path: Path, network: Network, meta: dict) -> dict:
+def save_model(path: Path, network: Network | Ensemble, meta: dict) -> dict:
     """Write `network` and `meta` (plus format version, version, architecture, creation time) atomically.
 
     Returns the full metadata as written.
@@ -79,6 +94,14 @@ def save_model(path: Path, network: Network, meta: dict) -> dict:
         Path(tmp).unlink(missing_ok=True)
         raise
     return full_meta
+
+
+def update_meta(path: Path, changes: dict) -> dict:
+    """Rewrite a weights file with `changes` merged into its metadata (same arrays, same version),
+    atomically; returns the new metadata. For facts learned after training, such as a calibration."""
+    model = load_model(path)
+    meta = {**model.meta, **changes}
+    return save_model(path, model.network, meta)
 
 
 def read_meta(path: Path) -> dict:
@@ -127,7 +150,7 @@ def load_model(path: Path) -> Model:
         with _open_npz(path) as npz:
             meta = _parse_meta(npz, path)
             arrays = {key: npz[key] for key in npz.files if key != META_KEY}
-        network = Network(meta["architecture"])
+        network = build_network(meta["architecture"])
         network.set_parameters(arrays)
     except WeightsError:
         raise

@@ -167,7 +167,7 @@ def test_a_bad_spec_raises_value_error(spec, message):
 
 
 def test_an_unknown_architecture_name_raises_value_error_listing_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: \('seed', 'mlp'\)"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: \('seed', 'mlp', 'cnn'\)"):
         Network.from_architecture("resnet")
 
 
@@ -189,3 +189,76 @@ def test_from_architecture_is_seeded():
     a, b, c = (Network.from_architecture("seed", seed=s).parameters()["0.W"] for s in (3, 3, 4))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_input_gradient_is_d_log_p_d_pixels_with_dropout_off(rng):
+    spec = {"name": "drop", "layers": [
+        {"type": "dense", "n_in": D, "n_out": H}, {"type": "relu"}, {"type": "dropout", "rate": 0.5},
+        {"type": "dense", "n_in": H, "n_out": C}]}
+    network = to_float64(Network(spec, rng))
+    X = rng.standard_normal((3, D))
+    classes = np.array([1, 4, 7])
+
+    def log_p():
+        Z = network.forward(X)  # inference: dropout is the identity
+        Z = Z - Z.max(axis=1, keepdims=True)
+        lp = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
+        return float(lp[np.arange(3), classes].sum())
+
+    G = network.input_gradient(X, classes)
+    np.testing.assert_allclose(G, numerical_gradient(log_p, X), rtol=1e-5, atol=1e-8)
+    assert network.layers[2].rate == 0.5, "the dropout rate is restored"
+    assert network.layers[0].needs_input_grad is False, "training still skips the input gradient"
+
+
+def test_input_gradient_through_convolution_matches_finite_differences(rng):
+    spec = {"name": "conv", "layers": [
+        {"type": "reshape", "shape": [28, 28, 1]},
+        {"type": "conv2d", "n_in": 1, "n_out": 2, "kernel": 3}, {"type": "maxpool2d"}, {"type": "relu"},
+        {"type": "flatten"}, {"type": "dense", "n_in": 14 * 14 * 2, "n_out": C}]}
+    network = to_float64(Network(spec, rng))
+    X = rng.random((1, 784))
+    G = network.input_gradient(X, np.array([3]))
+
+    def log_p():
+        Z = network.forward(X)[0]
+        return float(Z[3] - Z.max() - np.log(np.exp(Z - Z.max()).sum()))
+
+    pixels = rng.choice(784, 12, replace=False)  # a sample of pixels: 784 differences would be slow
+    for i in pixels:
+        saved = X[0, i]
+        X[0, i] = saved + 1e-6
+        plus = log_p()
+        X[0, i] = saved - 1e-6
+        minus = log_p()
+        X[0, i] = saved
+        assert G[0, i] == pytest.approx((plus - minus) / 2e-6, rel=1e-4, abs=1e-7)
+
+
+def test_an_ensemble_averages_its_members_and_round_trips_through_a_weights_file(tmp_path):
+    from model.network import Ensemble, build_network
+    from model.weights import load_model, save_model
+    members = [Network(architecture_spec("seed"), np.random.default_rng(s)) for s in (1, 2, 3)]
+    ensemble = Ensemble.of(members)
+    X = np.random.default_rng(0).random((5, 784)).astype(np.float32)
+    expected = sum(m.predict_proba(X) for m in members) / 3
+    np.testing.assert_allclose(ensemble.predict_proba(X), expected, rtol=1e-6)
+    from model.layers import softmax
+    np.testing.assert_allclose(softmax(ensemble.logits(X)), expected, rtol=1e-5)
+    assert isinstance(build_network(ensemble.spec), Ensemble)
+    save_model(tmp_path / "e.npz", ensemble, {"version": "e-1", "preprocessing_version": 2})
+    loaded = load_model(tmp_path / "e.npz")
+    assert isinstance(loaded.network, Ensemble) and len(loaded.network.members) == 3
+    np.testing.assert_array_equal(loaded.network.predict_proba(X), ensemble.predict_proba(X))
+    G = loaded.network.input_gradient(X, np.zeros(5, int))
+    np.testing.assert_allclose(G, sum(m.input_gradient(X, np.zeros(5, int)) for m in members) / 3, rtol=1e-5)
+    with pytest.raises(ValueError, match="missing"):
+        loaded.network.set_parameters({k: v for k, v in ensemble.parameters().items() if not k.startswith("m2.")})
+
+
+def test_the_cnn_architecture_maps_images_to_ten_logits():
+    network = Network.from_architecture("cnn", seed=0)
+    X = np.random.default_rng(0).random((3, 784)).astype(np.float32)
+    assert network.forward(X).shape == (3, 10)
+    np.testing.assert_allclose(network.predict_proba(X, batch_size=2), network.predict_proba(X), rtol=1e-5)
+    assert network.inference_batch < Network.from_architecture("seed").inference_batch

@@ -155,6 +155,40 @@ def test_train_and_save_writes_a_loadable_file_with_its_metrics(tmp_path, mnist)
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (300, 100, 200)
     assert written["recipe"] == quick(epochs=1).to_dict() and written["seed"] == 3
     assert written["data_checksums"] == mnist.checksums and written["note"] == "test"
+    # Calibrated on the validation split: the temperature minimises its NLL, and the model applies it.
+    from model.calibrate import calibrate, scaled_probabilities
+    expected = calibrate(model.network.logits(data.X_val), data.y_val).to_dict()
+    assert written["calibration"] == expected
+    np.testing.assert_allclose(model.predict_proba(data.X_test[:5]),
+                               scaled_probabilities(model.network.logits(data.X_test[:5]), expected["temperature"]))
+
+
+def test_each_architecture_has_its_own_default_recipe_and_overrides_win():
+    from model.train import recipe_for
+    assert recipe_for("seed") == Recipe()
+    cnn = recipe_for("cnn")
+    assert (cnn.architecture, cnn.augment, cnn.schedule, cnn.momentum) == ("cnn", True, "cosine", 0.9)
+    assert recipe_for("cnn", epochs=2, augment=None).epochs == 2  # None means "not given"
+    assert recipe_for("cnn", augment=False).augment is False
+    assert recipe_for("seed", optimizer="adam").learning_rate == 1e-3
+    assert recipe_for("seed", optimizer="adam", learning_rate=0.01).learning_rate == 0.01
+    for name in ("seed", "mlp", "cnn"):
+        recipe_for(name).validate()
+
+
+def test_update_meta_rewrites_the_metadata_and_keeps_the_weights(tmp_path, mnist):
+    from model.weights import update_meta
+    data = Dataset(mnist.X_train[:200], mnist.y_train[:200], mnist.X_val[:50], mnist.y_val[:50],
+                   mnist.X_test[:50], mnist.y_test[:50], dict(mnist.checksums))
+    written = train_and_save(quick(epochs=1), data, tmp_path / "m.npz")
+    before = load_model(tmp_path / "m.npz")
+    updated = update_meta(tmp_path / "m.npz", {"calibration": {"temperature": 2.0, "threshold": 0.7}})
+    after = load_model(tmp_path / "m.npz")
+    assert updated["version"] == written["version"] and updated["created_at"] == written["created_at"]
+    assert after.temperature == 2.0 and after.threshold == 0.7
+    for key, value in before.network.parameters().items():
+        np.testing.assert_array_equal(after.network.parameters()[key], value)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"], "no temporary file left behind"
 
 
 @pytest.mark.slow
