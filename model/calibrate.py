@@ -4,6 +4,8 @@ Temperature scaling (Guo et al., 2017) divides the logits by one scalar T fitted
 minimise the negative log-likelihood. It never changes which digit wins, only how sure the answer is.
 The threshold is the lowest calibrated confidence at which the answers kept are still right often
 enough (`TARGET_PRECISION`), also chosen on validation data; below it the service says "not sure".
+Given examples of drawings that are no digit at all (validation scribbles, `model.drawn.scribbles`),
+it is raised where needed so that at least `REJECT_SHARE` of them land below it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 
 ECE_BINS = 15
 TARGET_PRECISION = 0.995   # answers at or above the threshold must be right this often (on validation)
+REJECT_SHARE = 0.6         # at least this share of non-digit scribbles must fall below the threshold
 T_RANGE = (0.05, 20.0)     # temperatures searched (log-spaced, then refined)
 
 
@@ -116,16 +119,29 @@ class Calibration:
     coverage: float          # share of validation answers at or above the threshold
     precision_kept: float    # their accuracy
     n: int
+    scribbles_rejected: float | None = None  # share of the non-digit scribbles below the threshold
+    n_scribbles: int = 0
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def calibrate(logits: np.ndarray, y: np.ndarray, precision: float = TARGET_PRECISION) -> Calibration:
-    """Fit the temperature and the "not sure" threshold on (validation) logits and labels."""
+def calibrate(logits: np.ndarray, y: np.ndarray, precision: float = TARGET_PRECISION,
+              reject_logits: np.ndarray | None = None, reject_share: float = REJECT_SHARE) -> Calibration:
+    """Fit the temperature and the "not sure" threshold on (validation) logits and labels; with
+    `reject_logits` (of drawings that are no digit), raise the threshold until `reject_share` of them
+    fall below it."""
     T = fit_temperature(logits, y)
     before, after = scaled_probabilities(logits, 1.0), scaled_probabilities(logits, T)
     threshold = choose_threshold(after, y, precision)
+    rejected, n_reject = None, 0
+    if reject_logits is not None and len(reject_logits):
+        junk = scaled_probabilities(reject_logits, T).max(axis=1)
+        # The smallest threshold with at least reject_share of the junk strictly below it.
+        k = int(np.ceil(reject_share * len(junk))) - 1
+        if k >= 0:
+            threshold = max(threshold, float(np.nextafter(np.sort(junk)[k], np.inf)))
+        rejected, n_reject = float((junk < threshold).mean()), len(junk)
     kept = after.max(axis=1) >= threshold
     return Calibration(
         temperature=T, threshold=threshold,
@@ -133,5 +149,5 @@ def calibrate(logits: np.ndarray, y: np.ndarray, precision: float = TARGET_PRECI
         nll_before=nll(logits, y), nll_after=nll(logits, y, T),
         coverage=float(kept.mean()),
         precision_kept=float((after.argmax(axis=1) == y)[kept].mean()) if kept.any() else float("nan"),
-        n=len(y),
+        n=len(y), scribbles_rejected=rejected, n_scribbles=n_reject,
     )

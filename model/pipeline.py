@@ -37,11 +37,19 @@ def mix_feedback(X_train: np.ndarray, y_train: np.ndarray, X_fb: np.ndarray, y_f
     return X, y, X_fb[held], y_fb[held]
 
 
+CALIBRATION_SCRIBBLES = (400, 1)  # (count, seed) of the non-digit scribbles the threshold is fitted on;
+                                  # reports use other seeds
+
+
 def calibration_of(network, X_val: np.ndarray, y_val: np.ndarray) -> dict | None:
-    """Temperature, "not sure" threshold and ECE before/after, fitted on validation data (None without it)."""
+    """Temperature, "not sure" threshold and ECE before/after, fitted on validation data (None without it).
+    The threshold also keeps most synthetic non-digit scribbles out (`model.calibrate.REJECT_SHARE`)."""
+    from model.drawn import drawn_inputs, scribbles
+
     if not len(y_val):
         return None
-    return calibrate(network.logits(X_val), y_val).to_dict()
+    junk = drawn_inputs(scribbles(*CALIBRATION_SCRIBBLES))
+    return calibrate(network.logits(X_val), y_val, reject_logits=network.logits(junk)).to_dict()
 
 
 def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,

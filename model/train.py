@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from model.augment import augment
-from model.network import Network
+from model.network import ARCHITECTURES, Ensemble, Network
 from model.optim import SGD, Adam
 
 
 SCHEDULES = ("exponential", "step", "cosine")
+ENSEMBLE = "ensemble"
+TRAINABLE = (*ARCHITECTURES, ENSEMBLE)  # what a recipe may name: a network, or an ensemble of them
 
 
 @dataclass
@@ -35,9 +37,15 @@ class Recipe:
     seed: int = 0
     augment: bool = False  # random affine distortions of every batch (model.augment)
     validation_size: int = 10_000  # training images held out to choose the epoch
+    members: int = 3  # ensemble only: networks trained with seeds seed, seed+1, ...
+    member_architecture: str = "cnn"  # ensemble only: the members' architecture
 
     def validate(self) -> None:
         checks = [
+            (self.architecture in TRAINABLE, f"architecture must be one of {', '.join(TRAINABLE)}"),
+            (2 <= self.members <= 10, "members must be in [2, 10]"),
+            (self.member_architecture in ARCHITECTURES,
+             f"member_architecture must be one of {', '.join(ARCHITECTURES)}"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.learning_rate > 0, "learning_rate must be positive"),
@@ -69,9 +77,11 @@ ADAM_LEARNING_RATE = 1e-3  # Adam diverges at SGD's rates
 
 
 def recipe_for(architecture: str, **overrides) -> Recipe:
-    """The architecture's default recipe with `overrides` (None values ignored) on top."""
+    """The architecture's default recipe with `overrides` (None values ignored) on top. An ensemble
+    takes its members' architecture's defaults."""
     given = {key: value for key, value in overrides.items() if value is not None}
-    fields = {**ARCHITECTURE_RECIPES.get(architecture, {}), **given, "architecture": architecture}
+    base = given.get("member_architecture", Recipe.member_architecture) if architecture == ENSEMBLE else architecture
+    fields = {**ARCHITECTURE_RECIPES.get(base, {}), **given, "architecture": architecture}
     if fields.get("optimizer") == "adam" and "learning_rate" not in given:
         fields["learning_rate"] = ADAM_LEARNING_RATE
     return Recipe(**fields)
@@ -96,8 +106,8 @@ class Progress:
 
 @dataclass
 class TrainResult:
-    network: Network
-    best_epoch: int
+    network: Network | Ensemble
+    best_epoch: int | None
     val_accuracy: float
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -135,6 +145,8 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
     X_*: (N, 784) float32 in [0, 1]; y_*: (N,) int. With no validation data the last epoch is kept.
     """
     recipe.validate()
+    if recipe.architecture == ENSEMBLE:
+        return train_ensemble(recipe, X_train, y_train, X_val, y_val, on_progress, should_stop, report_every)
     rng = np.random.default_rng(recipe.seed)
     network = Network.from_architecture(recipe.architecture, seed=int(rng.integers(2**31)))
     optimizer = (SGD(recipe.learning_rate, recipe.momentum) if recipe.optimizer == "sgd"
@@ -183,3 +195,27 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
             optimizer.learning_rate *= recipe.lr_decay
     network.set_parameters(best[2])
     return TrainResult(network, best[1], best[0], history, time.perf_counter() - started)
+
+
+def train_ensemble(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+                   on_progress: Callable[[Progress], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None,
+                   report_every: int = 20) -> TrainResult:
+    """Train `recipe.members` networks of `recipe.member_architecture` one after another (seeds seed,
+    seed+1, ...; each keeps its own best validation epoch) and average them. Progress counts the
+    members' epochs as one run: member i's epoch e is epoch i * epochs + e of members * epochs."""
+    E, networks, history, seconds = recipe.epochs, [], [], 0.0
+    for i in range(recipe.members):
+        member = replace(recipe, architecture=recipe.member_architecture, seed=recipe.seed + i)
+
+        def forward(p: Progress, offset: int = i * E) -> None:
+            if on_progress is not None:
+                on_progress(replace(p, epoch=offset + p.epoch, n_epochs=recipe.members * E))
+
+        result = train(member, X_train, y_train, X_val, y_val, forward, should_stop, report_every)
+        networks.append(result.network)
+        history += [{**record, "member": i, "epoch": i * E + record["epoch"]} for record in result.history]
+        seconds += result.seconds
+    ensemble = Ensemble.of(networks)
+    val_acc = accuracy(ensemble, X_val, y_val) if len(y_val) else float("nan")
+    return TrainResult(ensemble, None, val_acc, history, seconds)  # each member chose its own epoch

@@ -73,3 +73,16 @@ def test_calibrate_reports_coverage_and_precision_above_the_threshold():
 def test_fitting_without_data_is_refused():
     with pytest.raises(ValueError, match="validation data"):
         fit_temperature(np.empty((0, 10)), np.empty(0, int))
+
+
+def test_the_threshold_rises_until_most_non_digits_are_rejected():
+    logits, y = sampled(1.0, seed=5)
+    plain = calibrate(logits, y, precision=0.9)
+    rng = np.random.default_rng(6)
+    junk = rng.standard_normal((300, 10)) * 6  # confident-looking logits for drawings of nothing
+    result = calibrate(logits, y, precision=0.9, reject_logits=junk, reject_share=0.7)
+    junk_conf = scaled_probabilities(junk, result.temperature).max(axis=1)
+    assert result.scribbles_rejected == pytest.approx((junk_conf < result.threshold).mean())
+    assert 0.7 <= result.scribbles_rejected < 0.7 + 2 / 300, "raised just enough"
+    assert result.threshold > plain.threshold and result.coverage < plain.coverage
+    assert result.temperature == plain.temperature  # the temperature is fitted on the digits alone

@@ -273,3 +273,22 @@ def test_a_cosine_run_records_the_rate_it_ended_each_epoch_with(mnist):
     rates = [record["learning_rate"] for record in result.history]
     assert rates[0] == pytest.approx(0.5 * 0.5 * (1 + np.cos(np.pi * 0.5)))  # end of epoch 1 of 2
     assert rates[1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_an_ensemble_recipe_trains_its_members_in_turn_and_averages_them(mnist):
+    from model.network import Ensemble
+    from model.train import recipe_for
+    X, y = mnist.X_train[:400], mnist.y_train[:400]
+    Xv, yv = mnist.X_val[:200], mnist.y_val[:200]
+    recipe = recipe_for("ensemble", member_architecture="seed", members=2, epochs=2, batch_size=50)
+    reports = []
+    result = train(recipe, X, y, Xv, yv, on_progress=reports.append)
+    assert isinstance(result.network, Ensemble) and len(result.network.members) == 2
+    ends = [(p.epoch, p.n_epochs) for p in reports if p.epoch_done]
+    assert ends == [(1, 4), (2, 4), (3, 4), (4, 4)]  # members' epochs counted as one run
+    assert [r["member"] for r in result.history] == [0, 0, 1, 1]
+    assert result.val_accuracy == accuracy(result.network, Xv, yv)
+    # Member i is exactly what training the member recipe with seed + i gives.
+    alone = train(recipe_for("seed", epochs=2, batch_size=50, seed=1), X, y, Xv, yv)
+    for key, value in alone.network.parameters().items():
+        np.testing.assert_array_equal(result.network.members[1].parameters()[key], value)
