@@ -2,7 +2,7 @@
 
   digits data fetch        download and verify MNIST
   digits train             train a network and write a versioned weights file
-  digits evaluate PATH     test accuracy, per-class accuracy and confusion matrix
+  digits evaluate PATH     test accuracy, per-class accuracy and confusion matrix (--report DIR: figures too)
   digits serve             start the web service
 """
 from __future__ import annotations
@@ -53,12 +53,13 @@ def cmd_train(args) -> int:
     from model.data import load_mnist
     from model.pipeline import train_and_save
     from model.registry import set_active
-    from model.train import Recipe
+    from model.train import recipe_for
 
-    recipe = Recipe(architecture=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+    recipe = recipe_for(args.arch, epochs=args.epochs, batch_size=args.batch_size,
                     learning_rate=args.learning_rate, lr_decay=args.lr_decay, momentum=args.momentum,
                     optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                    l2=args.l2, seed=args.seed, augment=args.augment, validation_size=args.validation_size)
+                    l2=args.l2, seed=args.seed, augment=args.augment, validation_size=args.validation_size,
+                    members=args.members, member_architecture=args.member_arch)
     recipe.validate()
     data = load_mnist(resolve_data_dir(args.data_dir), validation_size=recipe.validation_size)
     bar = tqdm(total=recipe.epochs, unit="epoch", desc=f"train {recipe.architecture}")
@@ -80,7 +81,8 @@ def cmd_train(args) -> int:
         out = tmp_out.with_name(f"{meta['version']}.npz")
         os.replace(tmp_out, out)
     m = meta["metrics"]
-    print(f"saved {out}\n  version {meta['version']}\n  best epoch {m['best_epoch']}, validation "
+    chosen = f"best epoch {m['best_epoch']}" if m["best_epoch"] is not None else f"{recipe.members} members"
+    print(f"saved {out}\n  version {meta['version']}\n  {chosen}, validation "
           f"{100 * m['val_accuracy']:.2f}%, test {100 * m['test_accuracy']:.2f}%, {m['train_seconds']:.1f} s")
     if args.activate:
         set_active(out.parent, out.name)
@@ -96,6 +98,52 @@ def cmd_evaluate(args) -> int:
     model = load_model(Path(args.path))
     X, y = load_split(resolve_data_dir(args.data_dir), "t10k")
     print(format_evaluation(evaluate(model.network.predict(X), y), f"{model.version} on the MNIST test set"))
+    if args.report:
+        from model.report import write_report
+        index = write_report(model, X, y, Path(args.report))
+        print(f"\nreport written to {index}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from model.data import load_mnist
+    from model.pipeline import calibrate_saved
+    from model.weights import read_meta
+
+    path = Path(args.path)
+    size = (read_meta(path).get("recipe") or {}).get("validation_size", 10_000)
+    data = load_mnist(resolve_data_dir(args.data_dir), validation_size=size)
+    c = calibrate_saved(path, data)["calibration"]
+    print(f"calibrated {path} on its {c['n']:,} validation images:\n"
+          f"  temperature {c['temperature']:.3f}; expected calibration error {100 * c['ece_before']:.2f}% -> "
+          f"{100 * c['ece_after']:.2f}%\n"
+          f"  'not sure' below {100 * c['threshold']:.1f}% confidence: {100 * c['coverage']:.1f}% of answers "
+          f"kept, {100 * c['precision_kept']:.2f}% of them right; {100 * c['scribbles_rejected']:.0f}% of "
+          f"{c['n_scribbles']} non-digit scribbles below it")
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from model.data import load_mnist
+    from model.pipeline import ensemble_and_save
+    from model.registry import set_active
+    from model.weights import read_meta
+
+    paths = [Path(p) for p in args.members]
+    size = (read_meta(paths[0]).get("recipe") or {}).get("validation_size", 10_000)
+    data = load_mnist(resolve_data_dir(args.data_dir), validation_size=size)
+    out = Path(args.out) if args.out else Path(args.weights_dir) / f".ensemble-{os.getpid()}.npz"
+    meta = ensemble_and_save(paths, data, out)
+    if not args.out:
+        final = out.with_name(f"{meta['version']}.npz")
+        os.replace(out, final)
+        out = final
+    m = meta["metrics"]
+    print(f"saved {out}\n  version {meta['version']}\n  {len(paths)} members; validation "
+          f"{100 * m['val_accuracy']:.2f}%, test {100 * m['test_accuracy']:.2f}%")
+    if args.activate:
+        set_active(out.parent, out.name)
+        print(f"  now the active model of {out.parent}")
     return 0
 
 
@@ -120,6 +168,7 @@ def cmd_serve(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from model.network import ARCHITECTURES
+    from model.train import TRAINABLE
     from model.train import Recipe
 
     parser = argparse.ArgumentParser(prog="digits", description=__doc__,
@@ -132,30 +181,51 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=cmd_fetch)
 
     d = Recipe()
-    train = sub.add_parser("train", help="train a network", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--arch", choices=ARCHITECTURES, default=d.architecture)
-    train.add_argument("--epochs", type=int, default=d.epochs)
-    train.add_argument("--batch-size", type=int, default=d.batch_size)
-    train.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    train.add_argument("--lr-decay", type=float, default=d.lr_decay, help="per-epoch factor")
-    train.add_argument("--momentum", type=float, default=d.momentum, help="SGD only")
-    train.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
-    train.add_argument("--schedule", choices=("exponential", "step", "cosine"), default=d.schedule)
-    train.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    train.add_argument("--l2", type=float, default=d.l2)
-    train.add_argument("--seed", type=int, default=d.seed)
-    train.add_argument("--augment", action="store_true", help="random affine distortions of every batch")
-    train.add_argument("--validation-size", type=int, default=d.validation_size,
-                       help="training images held out to choose the epoch")
+    train = sub.add_parser("train", help="train a network", description=(
+        "Options left out take the architecture's default recipe (model.train.ARCHITECTURE_RECIPES); "
+        "the defaults shown are the seed network's."), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--arch", choices=TRAINABLE, default=d.architecture,
+                       help="a network, or 'ensemble' of --members networks of --member-arch")
+    train.add_argument("--members", type=int, help=f"ensemble only; default: {d.members}")
+    train.add_argument("--member-arch", choices=ARCHITECTURES, help=f"ensemble only; default: {d.member_architecture}")
+    train.add_argument("--epochs", type=int, help=f"seed: {d.epochs}")
+    train.add_argument("--batch-size", type=int, help=f"seed: {d.batch_size}")
+    train.add_argument("--learning-rate", type=float, help=f"seed: {d.learning_rate}; with adam: 0.001")
+    train.add_argument("--lr-decay", type=float, help=f"per-epoch factor; seed: {d.lr_decay}")
+    train.add_argument("--momentum", type=float, help=f"SGD only; seed: {d.momentum}")
+    train.add_argument("--optimizer", choices=("sgd", "adam"), help=f"seed: {d.optimizer}")
+    train.add_argument("--schedule", choices=("exponential", "step", "cosine"), help=f"seed: {d.schedule}")
+    train.add_argument("--warmup-epochs", type=float, help=f"seed: {d.warmup_epochs}")
+    train.add_argument("--l2", type=float, help=f"seed: {d.l2}")
+    train.add_argument("--seed", type=int, help=f"default: {d.seed}")
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                       help="random affine distortions of every batch; seed: off, mlp and cnn: on")
+    train.add_argument("--validation-size", type=int, help=f"training images held out to choose the epoch; "
+                                                           f"default: {d.validation_size}")
     train.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
     train.add_argument("--weights-dir", default="weights", help="where the versioned file goes")
     train.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")
     train.add_argument("--activate", action="store_true", help="make it the model the service loads")
     train.set_defaults(func=cmd_train)
 
+    calibrate = sub.add_parser("calibrate", help="fit a saved model's temperature and 'not sure' threshold")
+    calibrate.add_argument("path", help="a weights .npz (rewritten in place; the weights stay as they are)")
+    calibrate.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    ensemble = sub.add_parser("ensemble", help="average saved models into one ensemble weights file")
+    ensemble.add_argument("members", nargs="+", help="two or more weights .npz files")
+    ensemble.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    ensemble.add_argument("--weights-dir", default="weights", help="where the versioned file goes")
+    ensemble.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")
+    ensemble.add_argument("--activate", action="store_true", help="make it the model the service loads")
+    ensemble.set_defaults(func=cmd_ensemble)
+
     evaluate = sub.add_parser("evaluate", help="test accuracy, per class, and the confusion matrix")
     evaluate.add_argument("path", help="a weights .npz")
     evaluate.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    evaluate.add_argument("--report", metavar="DIR", help="also write figures and an index.html there (the "
+                          "service shows WEIGHTS_DIR/reports/<version>/)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     serve = sub.add_parser("serve", help="start the web service (settings: DIGITS_* variables)")

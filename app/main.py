@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
 from app.jobs import Store
+from app.reports import router as reports_router
 from app.routes import router
 from app.routes_train import router as train_router
 from app.settings import Settings
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(router)
     app.include_router(train_router)
+    app.include_router(reports_router)
     app.mount("/", StaticFiles(directory=settings.static_dir, html=True), name="static")
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     return app

@@ -11,6 +11,7 @@ from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
 
 from app.images import ImageError, decode_base64, decode_image
+from app.reports import report_url
 from app.schemas import BatchPrediction, FeedbackRequest, ModelInfo, Prediction, PredictRequest
 from model.preprocess import EmptyDrawingError, preprocess_image, preprocess_strokes
 
@@ -33,7 +34,8 @@ async def model_info(request: Request) -> ModelInfo:
     return ModelInfo(version=meta["version"], architecture=meta["architecture"].get("name", "custom"),
                      created_at=meta["created_at"], preprocessing_version=meta["preprocessing_version"],
                      metrics=meta.get("metrics", {}), recipe=meta.get("recipe"), spec=meta["architecture"],
-                     problem=holder.problem)
+                     calibration=meta.get("calibration"), problem=holder.problem,
+                     report_url=report_url(holder.weights_dir, meta["version"]))
 
 
 def drawing_to_inputs(body, settings) -> tuple[np.ndarray, bool]:
@@ -111,18 +113,29 @@ async def predict(request: Request):
     body = await read_json(request, PredictRequest)
     model = request.app.state.models.current
     X, batch = drawing_to_inputs(body, request.app.state.settings)
-    probs = model.network.predict_proba(X).astype(np.float64)
-    probs /= probs.sum(axis=1, keepdims=True)
+    probs = model.predict_proba(X)  # calibrated, float64
+    digits = probs.argmax(axis=1)
+    saliency = saliency_maps(model, X, digits) if body.explain else None
     predictions = []
-    for p, x in zip(probs, X):
-        item = {"digit": int(p.argmax()), "confidence": float(p.max()), "probabilities": p.tolist(),
-                "model_version": model.version}
+    for i, (p, x) in enumerate(zip(probs, X)):
+        confidence = float(p[digits[i]])
+        item = {"digit": int(digits[i]), "confidence": confidence, "sure": confidence >= model.threshold,
+                "probabilities": p.tolist(), "model_version": model.version}
         if body.explain:
             item["input"] = np.round(x.reshape(28, 28), 4).tolist()
+            item["saliency"] = saliency[i].tolist()
         predictions.append(item)
     # pydantic-core's serializer writes the same JSON as JSONResponse's json.dumps, several times faster
     return Response(to_json({"predictions": predictions} if batch else predictions[0]),
                     media_type="application/json")
+
+
+def saliency_maps(model, X: np.ndarray, digits: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) in [-1, 1]: d log p(digit) / d pixel, each map scaled by its largest magnitude.
+    Positive where more ink would make the answer more likely, negative where it argues against it."""
+    G = model.network.input_gradient(X, digits).astype(np.float64).reshape(-1, 28, 28)
+    scale = np.abs(G).max(axis=(1, 2), keepdims=True)
+    return np.round(np.divide(G, scale, out=np.zeros_like(G), where=scale > 0), 3)
 
 
 @router.post("/feedback", status_code=201, tags=["feedback"])
@@ -132,7 +145,7 @@ def feedback(body: FeedbackRequest, request: Request) -> dict:
     if batch:
         raise HTTPException(422, "feedback takes one drawing at a time, not a batch")
     model = request.app.state.models.current
-    probs = model.network.predict_proba(X)[0]
+    probs = model.predict_proba(X)[0]
     predicted = int(probs.argmax())
     sample_id = request.app.state.store.add_feedback(X[0], body.label, predicted, float(probs.max()), model.version)
     return {"id": sample_id, "label": body.label, "predicted": predicted, "model_was_right": predicted == body.label,

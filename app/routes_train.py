@@ -81,9 +81,10 @@ def start_worker(request: Request, job_id: str) -> subprocess.Popen:
 
 @router.get("/architectures")
 def architectures() -> dict:
-    """The architectures a recipe may name, and the default recipe."""
-    from model.network import ARCHITECTURES
-    return {"architectures": list(ARCHITECTURES), "default_recipe": TrainRequest().model_dump()}
+    """The architectures a recipe may name, the default recipe, and each architecture's own defaults."""
+    from model.train import TRAINABLE
+    return {"architectures": list(TRAINABLE), "default_recipe": TrainRequest().model_dump(),
+            "recipes": {name: TrainRequest(architecture=name).model_dump() for name in TRAINABLE}}
 
 
 @router.post("/train", status_code=202, response_model=JobCreated, dependencies=[Depends(require_admin)],

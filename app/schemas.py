@@ -64,7 +64,7 @@ class DrawingInput(BaseModel):
 
 
 class PredictRequest(DrawingInput):
-    explain: bool = Field(False, description="also return the 28x28 input the model saw")
+    explain: bool = Field(False, description="also return the 28x28 input the model saw and a saliency map")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"strokes": [[[40, 40], [200, 40], [90, 250]]], "explain": True},
@@ -75,10 +75,15 @@ class PredictRequest(DrawingInput):
 
 class Prediction(BaseModel):
     digit: int = Field(ge=0, le=9)
-    confidence: float
+    confidence: float = Field(description="calibrated probability of `digit`")
+    sure: bool = Field(description="false when the confidence is below the model's 'not sure' threshold, "
+                                   "chosen on validation data; show 'not sure' rather than the digit")
     probabilities: list[float] = Field(min_length=10, max_length=10)
     model_version: str
     input: list[list[float]] | None = Field(None, description="the 28x28 input the model saw (explain)")
+    saliency: list[list[float]] | None = Field(
+        None, description="28x28 in [-1, 1]: how each pixel pushed the answer, d log p(digit)/d pixel scaled "
+                          "by its largest magnitude; positive means more ink there supports the digit (explain)")
 
 
 class BatchPrediction(BaseModel):
@@ -93,6 +98,11 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     recipe: dict[str, Any] | None = None
     spec: dict[str, Any]
+    calibration: dict[str, Any] | None = Field(
+        None, description="temperature, 'not sure' threshold and calibration error before/after, "
+                          "fitted on validation data")
+    report_url: str | None = Field(None, description="the model's evaluation report (`digits evaluate --report`), "
+                                                     "if one was written to WEIGHTS_DIR/reports/<version>/")
     problem: str | None = Field(None, description="why a newer active model could not be loaded, if so")
 
 
@@ -104,33 +114,53 @@ class TrainRequest(BaseModel):
     ]})
 
     architecture: str = Field("seed", description="a named architecture the trainer knows")
-    epochs: int = Field(20, ge=1, le=200)
-    learning_rate: float | None = Field(None, gt=0, le=10, description="default: 0.5 for sgd, 0.001 for adam")
-    lr_decay: float = Field(0.9, gt=0, le=1, description="per-epoch learning-rate factor (exponential schedule)")
-    schedule: Literal["exponential", "step", "cosine"] = "exponential"
-    warmup_epochs: float = Field(0.0, ge=0, le=20, description="linear warm-up from 0 over this many epochs")
-    momentum: float = Field(0.0, ge=0, lt=1, description="SGD only")
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    batch_size: int = Field(128, ge=1, le=8192)
-    l2: float = Field(1e-4, ge=0, le=1)
+    # Fields left out (or null) take the architecture's default recipe (GET /architectures lists them).
+    epochs: int | None = Field(None, ge=1, le=200)
+    learning_rate: float | None = Field(None, gt=0, le=10)
+    lr_decay: float | None = Field(None, gt=0, le=1, description="per-epoch learning-rate factor (exponential)")
+    schedule: Literal["exponential", "step", "cosine"] | None = None
+    warmup_epochs: float | None = Field(None, ge=0, le=20, description="linear warm-up from 0 over this many epochs")
+    momentum: float | None = Field(None, ge=0, lt=1, description="SGD only")
+    optimizer: Literal["sgd", "adam"] | None = None
+    batch_size: int | None = Field(None, ge=1, le=8192)
+    l2: float | None = Field(None, ge=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    augment: bool = Field(False, description="random shifts, rotations, scaling and shear on the fly")
+    augment: bool | None = Field(None, description="random shifts, rotations, scaling and shear on the fly")
     include_feedback: bool = Field(False, description="mix users' labelled drawings into training")
     validation_size: int = Field(10_000, ge=1_000, le=20_000)
     promote: Literal["if_better", "always"] = "if_better"
+    members: int = Field(3, ge=2, le=10, description="ensemble only: how many networks to train and average")
+    member_architecture: str = Field("cnn", description="ensemble only: the members' architecture")
 
     @field_validator("architecture")
     @classmethod
     def _known_architecture(cls, value: str) -> str:
+        from model.train import TRAINABLE
+        if value not in TRAINABLE:
+            raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(TRAINABLE)}")
+        return value
+
+    @field_validator("member_architecture")
+    @classmethod
+    def _known_member_architecture(cls, value: str) -> str:
         from model.network import ARCHITECTURES
         if value not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(ARCHITECTURES)}")
         return value
 
     @model_validator(mode="after")
-    def _learning_rate_for_the_optimizer(self) -> "TrainRequest":
-        if self.learning_rate is None:  # Adam diverges at SGD's rate
-            self.learning_rate = 0.5 if self.optimizer == "sgd" else 1e-3
+    def _architecture_defaults(self) -> "TrainRequest":
+        """Fill what was left out from the architecture's recipe, so the stored job says it all."""
+        from model.train import recipe_for
+        given = self.model_dump(exclude={"promote", "include_feedback"})
+        recipe = recipe_for(**given)
+        try:
+            recipe.validate()
+        except ValueError as exc:
+            raise ValueError(f"the recipe is not valid: {exc}") from exc
+        for key, value in recipe.to_dict().items():
+            if getattr(self, key, None) is None:
+                setattr(self, key, value)
         return self
 
 

@@ -22,6 +22,8 @@ export const ui = {
   modelInfo: $("model-info"),
   modelVersion: $("model-version"),
   modelAccuracy: $("model-accuracy"),
+  modelReport: $("model-report"),
+  modelReportLink: $("model-report-link"),
   modelNotice: $("model-notice"),
   feedback: $("feedback"),
   feedbackButtons: [...document.querySelectorAll("#feedback-digits [data-digit]")],

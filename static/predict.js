@@ -97,6 +97,9 @@ function showModelInfo(model) {
   ui.modelVersion.textContent = model.version;
   ui.modelVersion.title = `${model.architecture} network, created ${model.created_at}`;
   ui.modelAccuracy.textContent = typeof accuracy === "number" ? percent(accuracy) : "not measured";
+  // The evaluation report (figures written by `digits evaluate --report`), when the server has one.
+  if (model.report_url) ui.modelReportLink.href = model.report_url;
+  ui.modelReport.hidden = !model.report_url;
   ui.modelInfo.dataset.state = "ready";
 }
 

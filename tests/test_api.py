@@ -45,7 +45,8 @@ def png_data_url(size=(280, 280), mode="RGB", background="white", ink="black", f
 
 
 def assert_prediction(item):
-    assert set(item) == {"digit", "confidence", "probabilities", "model_version"}
+    assert set(item) == {"digit", "confidence", "sure", "probabilities", "model_version"}
+    assert item["sure"] is True  # the tiny model has no calibration: threshold 0
     assert len(item["probabilities"]) == 10
     assert sum(item["probabilities"]) == pytest.approx(1.0, abs=1e-9)
     assert item["digit"] == int(np.argmax(item["probabilities"]))
@@ -125,6 +126,38 @@ def test_explain_returns_the_28x28_input_the_model_saw(client):
     assert seen.max() == pytest.approx(1.0, abs=1e-3)
     cols = np.nonzero(seen.sum(axis=0) > 0.5)[0]
     assert cols.min() >= 11 and cols.max() <= 16  # a thin vertical line, centred
+
+
+def test_explain_returns_a_saliency_map_that_follows_the_network_gradient(client, weights_dir):
+    from model.weights import load_model
+    body = {"pixels": np.random.default_rng(3).random(784).round(3).tolist(), "explain": True}
+    item = client.post("/predict", json=body).json()
+    saliency = np.array(item["saliency"])
+    assert saliency.shape == (28, 28)
+    assert np.abs(saliency).max() == pytest.approx(1.0)
+    network = load_model(weights_dir / "tiny.npz").network
+    G = network.input_gradient(np.array(body["pixels"], np.float32)[None], np.array([item["digit"]]))[0]
+    np.testing.assert_allclose(saliency.ravel(), G / np.abs(G).max(), atol=2e-3)
+
+
+def test_a_calibrated_model_scales_its_logits_and_says_when_it_is_not_sure(tmp_path):
+    from model.calibrate import scaled_probabilities
+    network = Network(TINY_SPEC, np.random.default_rng(0))
+    X = np.random.default_rng(1).random((40, 784)).round(3).astype(np.float32)
+    expected = scaled_probabilities(network.logits(X), 3.0)
+    calibration = {"temperature": 3.0, "threshold": float(np.median(expected.max(axis=1)))}
+    save_model(tmp_path / "cal.npz", network, {"version": "cal-1", "preprocessing_version": 1,
+                                               "calibration": calibration})
+    set_active(tmp_path, "cal.npz")
+    settings = Settings(weights_dir=tmp_path, static_dir=ROOT / "static", db_path=tmp_path / "db.sqlite3")
+    with TestClient(create_app(settings)) as client:
+        predictions = client.post("/predict", json={"pixels": X.tolist()}).json()["predictions"]
+        assert client.get("/model").json()["calibration"] == calibration
+    got = np.array([p["probabilities"] for p in predictions])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    sure = np.array([p["sure"] for p in predictions])
+    np.testing.assert_array_equal(sure, expected.max(axis=1) >= calibration["threshold"])
+    assert sure.any() and not sure.all(), "the data should give both kinds of answer"
 
 
 def png_bytes_url(raw: bytes) -> str:
@@ -296,10 +329,11 @@ def test_without_a_token_training_answers_only_loopback_clients(weights_dir):
     ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
     ({"epochs": 1000}, "epochs: Input should be less than or equal to 200"),
     ({"learning_rate": -1}, "learning_rate: Input should be greater than 0"),
-    ({"architecture": "resnet"}, "architecture: unknown architecture 'resnet'; choose one of seed, mlp"),
+    ({"architecture": "resnet"}, "architecture: unknown architecture 'resnet'; choose one of seed, mlp, cnn, ensemble"),
     ({"promote": "sometimes"}, "promote: Input should be 'if_better' or 'always'"),
     ({"validation_size": 10}, "validation_size: Input should be greater than or equal to 1000"),
     ({"batchsize": 10}, "batchsize: Extra inputs are not permitted"),
+    ({"epochs": 2, "warmup_epochs": 5}, "the recipe is not valid: warmup_epochs must be in [0, epochs]"),
 ])
 def test_a_bad_recipe_gets_422_naming_the_field(client, body, detail):
     response = client.post("/train", json=body)
@@ -335,7 +369,9 @@ def test_feedback_is_stored_and_summarised(client):
 
 def test_architectures_lists_what_a_recipe_may_name(client):
     body = client.get("/architectures").json()
-    assert body["architectures"] == ["seed", "mlp"]
+    assert body["architectures"] == ["seed", "mlp", "cnn", "ensemble"]
+    assert body["recipes"]["cnn"]["augment"] is True and body["recipes"]["cnn"]["schedule"] == "cosine"
+    assert body["recipes"]["seed"] == body["default_recipe"]
     assert body["default_recipe"]["architecture"] == "seed"
     assert body["default_recipe"]["promote"] == "if_better"
 

@@ -165,3 +165,37 @@ def test_serve_warns_when_listening_beyond_loopback_without_a_token(monkeypatch,
     caplog.clear()
     assert main(["serve"]) == 0
     assert "without DIGITS_ADMIN_TOKEN" not in caplog.text
+
+
+def test_calibrate_fits_a_saved_model_in_place(small_dataset, tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    assert main(["train", *TRAIN_FLAGS, "--validation-size", "50", "--out", str(out)]) == 0
+    weights_before = load_model(out).network.parameters()
+    assert main(["calibrate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    meta = read_meta(out)
+    c = meta["calibration"]
+    assert f"temperature {c['temperature']:.3f}" in printed and "'not sure' below" in printed
+    assert small_dataset[-1][1] == 50, "calibrated on the split the model was trained beside"
+    for key, value in load_model(out).network.parameters().items():
+        np.testing.assert_array_equal(value, weights_before[key])
+
+
+def test_ensemble_averages_saved_models_into_one_file(small_dataset, tmp_path, capsys):
+    from model.network import Ensemble
+    paths = []
+    for seed in ("1", "2"):
+        path = tmp_path / f"m{seed}.npz"
+        assert main(["train", "--epochs", "1", "--batch-size", "50", "--seed", seed, "--validation-size", "50",
+                     "--out", str(path)]) == 0
+        paths.append(path)
+    assert main(["ensemble", *map(str, paths), "--weights-dir", str(tmp_path), "--activate"]) == 0
+    out = capsys.readouterr().out
+    active = active_path(tmp_path)
+    model = load_model(active)
+    assert isinstance(model.network, Ensemble) and len(model.network.members) == 2
+    assert f"saved {active}" in out and "2 members" in out
+    assert model.meta["recipe"]["ensemble_of"] == [read_meta(p)["version"] for p in paths]
+    assert not list(tmp_path.glob(".ensemble-*")), "no temporary file left behind"
+    assert main(["ensemble", str(paths[0])]) == 2
+    assert "at least two models" in capsys.readouterr().err
