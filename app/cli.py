@@ -98,6 +98,13 @@ def cmd_evaluate(args) -> int:
     model = load_model(Path(args.path))
     X, y = load_split(resolve_data_dir(args.data_dir), "t10k")
     print(format_evaluation(evaluate(model.network.predict(X), y), f"{model.version} on the MNIST test set"))
+    from model.drawn import REPORT_SET, beyond_mnist, drawn_digits, evaluate_drawn, format_drawn
+    print("\n" + format_drawn(evaluate_drawn(model.network.predict, drawn_digits(**REPORT_SET)),
+                              f"{model.version} on synthetic drawn digits (model.drawn)"))
+    b = beyond_mnist(model.predict_proba, model.threshold)
+    print(f"'not sure' (below {100 * model.threshold:.1f}%): {100 * b['drawn_not_sure']:.1f}% of drawn digits "
+          f"(the rest {100 * b['drawn_sure_accuracy']:.2f}% right), {100 * b['scribbles_not_sure']:.0f}% of "
+          f"{b['scribbles_n']} non-digit scribbles")
     if args.report:
         from model.report import write_report
         index = write_report(model, X, y, Path(args.report))

@@ -264,3 +264,26 @@ def format_drawn(result: dict, title: str) -> str:
              "per style:"]
     lines += [f"  {style:<16} {100 * a:6.1f}%" for style, a in result["per_style"].items()]
     return "\n".join(lines)
+
+
+REPORT_SET = {"per_style": 40, "seed": 0}   # the drawn digits that reports and metadata quote
+REPORT_SCRIBBLES = {"n": 400, "seed": 0}    # calibration fits on other seeds (model.pipeline)
+
+
+def beyond_mnist(predict_proba: Callable[[np.ndarray], np.ndarray], threshold: float) -> dict:
+    """How a model does on drawings rather than MNIST: accuracy on the report's drawn-digit set, how often
+    it says "not sure" there (and how right its sure answers are), and how many non-digit scribbles it
+    calls "not sure". predict_proba: (N, 784) -> (N, 10) calibrated probabilities."""
+    ds = drawn_digits(**REPORT_SET)
+    probs = predict_proba(drawn_inputs(ds))
+    sure = probs.max(axis=1) >= threshold
+    correct = probs.argmax(axis=1) == ds.labels
+    junk = predict_proba(drawn_inputs(scribbles(**REPORT_SCRIBBLES))).max(axis=1)
+    return {
+        "drawn_accuracy": float(correct.mean()),
+        "drawn_n": int(len(correct)),
+        "drawn_not_sure": float(1 - sure.mean()),
+        "drawn_sure_accuracy": float(correct[sure].mean()) if sure.any() else None,
+        "scribbles_not_sure": float((junk < threshold).mean()),
+        "scribbles_n": int(len(junk)),
+    }

@@ -52,6 +52,16 @@ def calibration_of(network, X_val: np.ndarray, y_val: np.ndarray) -> dict | None
     return calibrate(network.logits(X_val), y_val, reject_logits=network.logits(junk)).to_dict()
 
 
+def beyond_mnist_of(network, calibration: dict | None) -> dict:
+    """`model.drawn.beyond_mnist` for a network and its calibration (or none)."""
+    from model.calibrate import scaled_probabilities
+    from model.drawn import beyond_mnist
+
+    calibration = calibration or {}
+    T = calibration.get("temperature", 1.0)
+    return beyond_mnist(lambda X: scaled_probabilities(network.logits(X), T), calibration.get("threshold", 0.0))
+
+
 def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
                    on_progress: Callable[[Progress], None] | None = None,
                    should_stop: Callable[[], bool] | None = None,
@@ -81,8 +91,10 @@ def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
         metrics["n_feedback_held_out"] = 0 if y_fb_held is None else len(y_fb_held)
         metrics["feedback_accuracy"] = (accuracy(result.network, X_fb_held, y_fb_held)
                                         if y_fb_held is not None and len(y_fb_held) else None)
+    calibration = calibration_of(result.network, data.X_val, data.y_val)
+    metrics.update(beyond_mnist_of(result.network, calibration))
     meta = {
-        "calibration": calibration_of(result.network, data.X_val, data.y_val),
+        "calibration": calibration,
         "preprocessing_version": PREPROCESSING_VERSION,
         "recipe": recipe.to_dict(),
         "seed": recipe.seed,
@@ -104,7 +116,9 @@ def calibrate_saved(path: Path, data: Dataset) -> dict:
     from model.weights import load_model, update_meta
 
     model = load_model(path)
-    return update_meta(path, {"calibration": calibration_of(model.network, data.X_val, data.y_val)})
+    calibration = calibration_of(model.network, data.X_val, data.y_val)
+    metrics = {**model.meta.get("metrics", {}), **beyond_mnist_of(model.network, calibration)}
+    return update_meta(path, {"calibration": calibration, "metrics": metrics})
 
 
 def ensemble_and_save(paths: list[Path], data: Dataset, out_path: Path) -> dict:
@@ -139,8 +153,10 @@ def ensemble_and_save(paths: list[Path], data: Dataset, out_path: Path) -> dict:
         "members": {m.version: {k: m.meta.get("metrics", {}).get(k) for k in ("val_accuracy", "test_accuracy")}
                     for m in models},
     }
+    calibration = calibration_of(ensemble, data.X_val, data.y_val)
+    metrics.update(beyond_mnist_of(ensemble, calibration))
     meta = {
-        "calibration": calibration_of(ensemble, data.X_val, data.y_val),
+        "calibration": calibration,
         "preprocessing_version": PREPROCESSING_VERSION,
         "recipe": {"ensemble_of": [m.version for m in models], "validation_size": len(data.y_val)},
         "members": [{"version": m.version, "recipe": m.meta.get("recipe")} for m in models],

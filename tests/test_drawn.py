@@ -99,3 +99,24 @@ def test_scribbles_are_drawn_and_preprocess_like_any_drawing():
     assert X.shape == (16, 784) and np.isfinite(X).all() and (X.max(axis=1) > 0.5).all()
     with pytest.raises(ValueError, match="scribbles"):
         evaluate_drawn(lambda X: np.zeros(len(X), dtype=int), scrawls)
+
+
+def test_beyond_mnist_counts_not_sure_answers_on_drawings_and_scribbles():
+    from model.drawn import REPORT_SCRIBBLES, REPORT_SET, beyond_mnist
+    ds = drawn_digits(**REPORT_SET)
+    n_junk = REPORT_SCRIBBLES["n"]
+
+    def confident_and_right(X):
+        """Sure and right on the drawn digits (recognised by their count), unsure on everything else."""
+        probs = np.full((len(X), 10), 0.1)
+        if len(X) == len(ds.labels):
+            probs[:] = 0.0
+            probs[np.arange(len(X)), ds.labels] = 1.0
+        return probs
+
+    result = beyond_mnist(confident_and_right, threshold=0.5)
+    assert result["drawn_accuracy"] == 1.0 and result["drawn_not_sure"] == 0.0
+    assert result["drawn_sure_accuracy"] == 1.0
+    assert result["scribbles_not_sure"] == 1.0 and result["scribbles_n"] == n_junk
+    always_sure = beyond_mnist(confident_and_right, threshold=0.0)
+    assert always_sure["scribbles_not_sure"] == 0.0

@@ -157,8 +157,12 @@ def test_train_and_save_writes_a_loadable_file_with_its_metrics(tmp_path, mnist)
     assert written["data_checksums"] == mnist.checksums and written["note"] == "test"
     # Calibrated on the validation split: the temperature minimises its NLL, and the model applies it.
     from model.calibrate import calibrate, scaled_probabilities
-    expected = calibrate(model.network.logits(data.X_val), data.y_val).to_dict()
+    from model.drawn import drawn_inputs, scribbles
+    from model.pipeline import CALIBRATION_SCRIBBLES
+    junk = model.network.logits(drawn_inputs(scribbles(*CALIBRATION_SCRIBBLES)))
+    expected = calibrate(model.network.logits(data.X_val), data.y_val, reject_logits=junk).to_dict()
     assert written["calibration"] == expected
+    assert 0 <= metrics["drawn_accuracy"] <= 1 and metrics["drawn_n"] > 1000  # drawings beside MNIST
     np.testing.assert_allclose(model.predict_proba(data.X_test[:5]),
                                scaled_probabilities(model.network.logits(data.X_test[:5]), expected["temperature"]))
 
