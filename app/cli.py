@@ -59,7 +59,7 @@ def cmd_train(args) -> int:
                     learning_rate=args.learning_rate, lr_decay=args.lr_decay, momentum=args.momentum,
                     optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
                     l2=args.l2, seed=args.seed, augment=args.augment, validation_size=args.validation_size,
-                    members=args.members, member_architecture=args.member_arch)
+                    members=args.members, member_architecture=args.member_arch, elastic_alpha=args.elastic_alpha)
     recipe.validate()
     data = load_mnist(resolve_data_dir(args.data_dir), validation_size=recipe.validation_size)
     bar = tqdm(total=recipe.epochs, unit="epoch", desc=f"train {recipe.architecture}")
@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help=f"default: {d.seed}")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction,
                        help="random affine distortions of every batch; seed: off, mlp and cnn: on")
+    train.add_argument("--elastic-alpha", type=float, help="with --augment: elastic distortions of this strength "
+                                                             "(Simard et al. used 34); default: 0, none")
     train.add_argument("--validation-size", type=int, help=f"training images held out to choose the epoch; "
                                                            f"default: {d.validation_size}")
     train.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")

@@ -126,6 +126,8 @@ class TrainRequest(BaseModel):
     l2: float | None = Field(None, ge=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     augment: bool | None = Field(None, description="random shifts, rotations, scaling and shear on the fly")
+    elastic_alpha: float | None = Field(None, ge=0, le=100, description="with augment: elastic distortions "
+                                                                        "of this strength (Simard et al.: 34)")
     include_feedback: bool = Field(False, description="mix users' labelled drawings into training")
     validation_size: int = Field(10_000, ge=1_000, le=20_000)
     promote: Literal["if_better", "always"] = "if_better"

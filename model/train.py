@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from model.augment import augment
+from model.augment import Augmentation, augment
 from model.network import ARCHITECTURES, Ensemble, Network
 from model.optim import SGD, Adam
 
@@ -36,6 +36,7 @@ class Recipe:
     l2: float = 1e-4
     seed: int = 0
     augment: bool = False  # random affine distortions of every batch (model.augment)
+    elastic_alpha: float = 0.0  # with augment: strength of elastic distortions on top (Simard et al.: 34)
     validation_size: int = 10_000  # training images held out to choose the epoch
     members: int = 3  # ensemble only: networks trained with seeds seed, seed+1, ...
     member_architecture: str = "cnn"  # ensemble only: the members' architecture
@@ -55,6 +56,7 @@ class Recipe:
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs must be in [0, epochs]"),
             (self.l2 >= 0, "l2 must be non-negative"),
+            (0 <= self.elastic_alpha <= 100, "elastic_alpha must be in [0, 100]"),
             (0 <= self.validation_size < 60_000, "validation_size must be in [0, 60000)"),
         ]
         for ok, message in checks:
@@ -156,6 +158,7 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
     n_steps = -(-n // recipe.batch_size)
     weight_decay = dict.fromkeys(network.weight_keys(), recipe.l2)
     aug_rng = np.random.default_rng([recipe.seed, 1])  # its own stream: augment leaves shuffling unchanged
+    augmentation = Augmentation(elastic_alpha=recipe.elastic_alpha)
     # The plain exponential schedule keeps its per-epoch multiplication (so shipped models reproduce
     # bit for bit); the others set the rate at every step.
     per_step_rate = recipe.schedule != "exponential" or recipe.warmup_epochs > 0
@@ -171,7 +174,7 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
             idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             if per_step_rate:
                 optimizer.learning_rate = scheduled_rate(recipe, epoch - 1 + (step + 1) / n_steps)
-            X_batch = X_train[idx] if not recipe.augment else augment(X_train[idx], aug_rng)
+            X_batch = X_train[idx] if not recipe.augment else augment(X_train[idx], aug_rng, augmentation)
             # L2's gradient goes into the update, not into the gradients: fewer passes over the weights;
             # its term in the loss is added where the loss is reported.
             loss_sum += network.loss_and_gradients(X_batch, y_train[idx])

@@ -296,3 +296,15 @@ def test_an_ensemble_recipe_trains_its_members_in_turn_and_averages_them(mnist):
     alone = train(recipe_for("seed", epochs=2, batch_size=50, seed=1), X, y, Xv, yv)
     for key, value in alone.network.parameters().items():
         np.testing.assert_array_equal(result.network.members[1].parameters()[key], value)
+
+
+def test_elastic_alpha_adds_elastic_distortions_to_the_augmentation(mnist, monkeypatch):
+    seen = []
+    real_augment = train_module.augment
+    monkeypatch.setattr(train_module, "augment", lambda X, rng, aug: seen.append(aug) or real_augment(X, rng, aug))
+    X, y = mnist.X_train[:100], mnist.y_train[:100]
+    no_val = (np.empty((0, 784), np.float32), np.empty(0, int))
+    train(Recipe(epochs=1, batch_size=50, augment=True, elastic_alpha=34.0), X, y, *no_val)
+    assert [a.elastic_alpha for a in seen] == [34.0, 34.0]
+    with pytest.raises(ValueError, match="elastic_alpha"):
+        Recipe(elastic_alpha=-1).validate()
