@@ -69,8 +69,9 @@ class Conv2D(Layer):
         """dZ: (N, H, W, C_out) -> dX (N, H, W, C_in); fills grads W and b."""
         N, H, W, C = self._shape
         dZ2 = dZ.reshape(-1, self.n_out)
-        np.matmul(self._cols.T, dZ2, out=self.grads["W"])
-        np.sum(dZ2, axis=0, out=self.grads["b"])
+        if self.param_grads:
+            np.matmul(self._cols.T, dZ2, out=self.grads["W"])
+            np.sum(dZ2, axis=0, out=self.grads["b"])
         if not self.needs_input_grad:
             return None
         # dX is the sum, over kernel offsets (i, j), of dZ @ W[i, j].T shifted by (i, j). One small

@@ -17,6 +17,9 @@ class Layer:
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        # False while only the gradient w.r.t. the input is wanted (saliency): backward then skips
+        # the parameter gradients, for a dense layer the largest product of the pass.
+        self.param_grads = True
 
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         raise NotImplementedError
@@ -57,8 +60,9 @@ class Dense(Layer):
 
     def backward(self, dZ):
         """dZ: (N, n_out) -> dX (N, n_in), or None for the first layer; fills grads W and b."""
-        np.matmul(self._X.T, dZ, out=self.grads["W"])  # (n_in, n_out)
-        np.sum(dZ, axis=0, out=self.grads["b"])
+        if self.param_grads:
+            np.matmul(self._X.T, dZ, out=self.grads["W"])  # (n_in, n_out)
+            np.sum(dZ, axis=0, out=self.grads["b"])
         if not self.needs_input_grad:
             return None
         return dZ @ self.params["W"].T  # (N, n_in)

@@ -155,7 +155,7 @@ class Network:
         """d log p(class) / d pixels for each row of X: (N, 784), the saliency of each pixel.
 
         Positive where more ink would make the class more likely. Runs the inference network (no
-        dropout) with the caches that backward needs; parameter gradients are overwritten.
+        dropout) with the caches that backward needs, and skips the parameter gradients.
         """
         X = np.asarray(X)
         X = (X if X.dtype == np.float64 else X.astype(DTYPE)).reshape(len(X), -1)  # float64 for gradient checks
@@ -165,6 +165,8 @@ class Network:
         try:
             for layer in dropouts:
                 layer.rate = 0.0
+            for layer in self.layers:
+                layer.param_grads = False
             if first is not None:
                 first.needs_input_grad = True
             probs = softmax(self.forward(X, training=True))
@@ -178,6 +180,8 @@ class Network:
         finally:
             for layer, rate in zip(dropouts, rates):
                 layer.rate = rate
+            for layer in self.layers:
+                layer.param_grads = True
             if first is not None:
                 first.needs_input_grad = False
 

@@ -205,7 +205,11 @@ def test_input_gradient_is_d_log_p_d_pixels_with_dropout_off(rng):
         lp = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
         return float(lp[np.arange(3), classes].sum())
 
+    before = {k: g.copy() for k, g in network.gradients().items()}
     G = network.input_gradient(X, classes)
+    for key, grad in network.gradients().items():
+        np.testing.assert_array_equal(grad, before[key], err_msg=f"{key}: parameter gradients were skipped")
+    assert all(layer.param_grads for layer in network.layers), "training computes them again"
     np.testing.assert_allclose(G, numerical_gradient(log_p, X), rtol=1e-5, atol=1e-8)
     assert network.layers[2].rate == 0.5, "the dropout rate is restored"
     assert network.layers[0].needs_input_grad is False, "training still skips the input gradient"
