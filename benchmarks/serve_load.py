@@ -40,12 +40,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(workers: int, blas_threads: int, weights_dir: Path, **env_extra: str):
+def server(workers: int, blas_threads: int, weights_dir: Path, model: str | None = None, **env_extra: str):
     """A real `digits serve` on a free loopback port, over a private copy of the weights folder and a
     private database (a training job must not change the repository's active model); yields its URL."""
     port = free_port()
     state = Path(tempfile.mkdtemp(prefix="digits-bench-"))
     shutil.copytree(weights_dir, state / "weights", ignore=shutil.ignore_patterns("README.md"))
+    if model is not None:  # serve this model instead of the folder's active one
+        (state / "weights" / "ACTIVE").write_text(model + "\n")
     env = {**os.environ, "DIGITS_WEIGHTS_DIR": str(state / "weights"), "DIGITS_BLAS_THREADS": str(blas_threads),
            "DIGITS_DB_PATH": str(state / "digits.sqlite3"), **env_extra}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers",
@@ -87,7 +89,9 @@ def payloads() -> dict[str, dict | None]:
     png = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     from model.preprocess import preprocess_strokes
     pixels = np.round(preprocess_strokes(strokes), 3).tolist()
-    return {"healthz": None, "pixels": {"pixels": pixels}, "png": {"image": png}, "strokes": {"strokes": strokes}}
+    return {"healthz": None, "pixels": {"pixels": pixels}, "png": {"image": png}, "strokes": {"strokes": strokes},
+            # what the page itself sends while drawing: strokes with the 28x28 input and saliency back
+            "explain": {"strokes": strokes, "explain": True}}
 
 
 def run_wrk(url: str, body: dict | None, duration: float, concurrency: int) -> dict:
@@ -158,6 +162,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--blas-threads", type=int, default=1, help="DIGITS_BLAS_THREADS of the measured server")
     parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
+    parser.add_argument("--model", help="weights file (in --weights-dir) to serve instead of the active one")
     parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
     parser.add_argument("--data-dir", type=Path, help="MNIST, for the run during training "
                                                       "(default: $DIGITS_DATA_DIR, else ../shared/mnist)")
@@ -169,12 +174,13 @@ def main() -> int:
     print(f"digits serve, {args.workers} worker(s), concurrency {args.concurrency}, {args.duration:g} s each, "
           f"client {args.client}, {os.cpu_count()} CPUs")
     results = {}
-    with server(args.workers, args.blas_threads, args.weights_dir) as url:
+    with server(args.workers, args.blas_threads, args.weights_dir, args.model) as url:
+        print(f"model: {httpx.get(url + '/model').json()['version']}")
         for name, body in bodies.items():
             results[name] = measure(url, body, args.duration, args.concurrency, args.client)
     base = results["healthz"]["rps"]
     print(f"\n{'input':<10}{'req/s':>10}{'vs healthz':>12}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}   target")
-    targets = {"healthz": None, "pixels": 0.60, "png": 0.15, "strokes": 0.15}
+    targets = {"healthz": None, "pixels": 0.60, "png": 0.15, "strokes": 0.15, "explain": 0.15}
     ok = True
     for name, r in results.items():
         ratio = r["rps"] / base
@@ -187,7 +193,8 @@ def main() -> int:
 
     # /predict while a job trains: the job runs in its own process at low priority with one BLAS thread.
     if args.data_dir is not None:
-        with server(args.workers, args.blas_threads, args.weights_dir, DIGITS_DATA_DIR=str(args.data_dir)) as url:
+        with server(args.workers, args.blas_threads, args.weights_dir, args.model,
+                    DIGITS_DATA_DIR=str(args.data_dir)) as url:
             idle = measure(url, bodies["strokes"], args.duration, args.concurrency, args.client)
             job = httpx.post(url + "/train", json={"epochs": 50}, timeout=10).json()
             deadline = time.monotonic() + 60
@@ -209,7 +216,7 @@ def main() -> int:
     # pixels load with BLAS free to use every core. /predict calls NumPy from the event loop, one call at
     # a time per process, so BLAS threads never pile up here; the shipped setting still pins one thread
     # per process so that workers x threads stays within the cores, with a training job beside them.
-    with server(args.workers, os.cpu_count() or 1, args.weights_dir) as url:
+    with server(args.workers, os.cpu_count() or 1, args.weights_dir, args.model) as url:
         unpinned = measure(url, bodies["pixels"], args.duration, args.concurrency, args.client)
     print(f"\npixels with BLAS threads = {os.cpu_count()} per process (no collapse expected): "
           f"{unpinned['rps']:,.0f} req/s, p99 {unpinned['p99']:.2f} ms; with {args.blas_threads}: "

@@ -49,10 +49,20 @@ class Conv2D(Layer):
 
     def _columns(self, X: np.ndarray) -> np.ndarray:
         """(N, H, W, C) -> im2col matrix (N*H*W, k*k*C), rows ordered (kh, kw, C) like W."""
-        p = self.kernel // 2
+        p, k = self.kernel // 2, self.kernel
+        N, H, W, C = X.shape
+        if C == 1:
+            # One input channel: a row of the im2col matrix is only k*k values, and copying windows
+            # that short is slow. Build its transpose instead, one whole shifted image per kernel
+            # offset (k*k copies of long rows), and hand BLAS the transposed view: 4x faster here.
+            Xp = np.pad(X[..., 0], ((0, 0), (p, p), (p, p)))
+            colsT = np.empty((k, k, N, H, W), dtype=X.dtype)
+            for i in range(k):
+                for j in range(k):
+                    colsT[i, j] = Xp[:, i:i + H, j:j + W]
+            return colsT.reshape(k * k, N * H * W).T
         Xp = np.pad(X, ((0, 0), (p, p), (p, p), (0, 0)))
-        windows = sliding_window_view(Xp, (self.kernel, self.kernel), axis=(1, 2))  # (N, H, W, C, k, k)
-        N, H, W = X.shape[:3]
+        windows = sliding_window_view(Xp, (k, k), axis=(1, 2))  # (N, H, W, C, k, k)
         return windows.transpose(0, 1, 2, 4, 5, 3).reshape(N * H * W, -1)  # one copy, contiguous
 
     def forward(self, X, training=False):

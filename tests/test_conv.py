@@ -7,13 +7,14 @@ from model.conv import Conv2D, Flatten, MaxPool2D, Reshape
 from gradients import as_float64, numerical_gradient
 
 
-def test_conv2d_matches_a_direct_sum_over_the_kernel():
+@pytest.mark.parametrize("c_in", [1, 2])  # one channel builds its im2col matrix another way
+def test_conv2d_matches_a_direct_sum_over_the_kernel(c_in):
     rng = np.random.default_rng(0)
-    conv = Conv2D(2, 3, kernel=3, rng=rng)
+    conv = Conv2D(c_in, 3, kernel=3, rng=rng)
     conv.params["b"][:] = rng.standard_normal(3)
-    X = rng.standard_normal((2, 5, 4, 2)).astype(np.float32)
+    X = rng.standard_normal((2, 5, 4, c_in)).astype(np.float32)
     out = conv.forward(X)
-    W = conv.params["W"].reshape(3, 3, 2, 3)
+    W = conv.params["W"].reshape(3, 3, c_in, 3)
     Xp = np.pad(X, ((0, 0), (1, 1), (1, 1), (0, 0)))
     expected = np.zeros((2, 5, 4, 3), dtype=np.float64)
     for i in range(3):
@@ -22,12 +23,12 @@ def test_conv2d_matches_a_direct_sum_over_the_kernel():
     np.testing.assert_allclose(out, expected + conv.params["b"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", [1, 3, 5])
-def test_conv2d_and_maxpool_gradients_match_finite_differences(kernel):
+@pytest.mark.parametrize("kernel, c_in", [(1, 2), (3, 2), (5, 2), (3, 1)])
+def test_conv2d_and_maxpool_gradients_match_finite_differences(kernel, c_in):
     rng = np.random.default_rng(kernel)
-    conv, pool = as_float64(Conv2D(2, 3, kernel=kernel, rng=rng)), MaxPool2D()
+    conv, pool = as_float64(Conv2D(c_in, 3, kernel=kernel, rng=rng)), MaxPool2D()
     conv.params["b"][:] = rng.standard_normal(3)
-    X = rng.standard_normal((2, 4, 6, 2))
+    X = rng.standard_normal((2, 4, 6, c_in))
     R = rng.standard_normal((2, 2, 3, 3))
 
     def loss():
