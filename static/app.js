@@ -1,10 +1,11 @@
 // The drawing page's entry point. The page only draws and sends strokes; the server does all
 // preprocessing (crop, scale, centre) and answers with the 28x28 input it used. The modules:
-// draw.js (the pad, undo, clear), predict.js (predictions and the active model), feedback.js
-// (corrections), train.js with job.js and chart.js (the Train panel), admin.js (the admin token),
-// api.js (fetchJSON), page.js (the elements and the shared state).
+// draw.js (the pad, undo, clear), predict.js (predictions and the active model), explain.js (the
+// "what mattered" overlay), feedback.js (corrections), train.js with job.js and chart.js (the Train
+// panel), admin.js (the admin token), api.js (fetchJSON), page.js (the elements and the shared state).
 
 import { initDrawing } from "./draw.js";
+import { initExplain } from "./explain.js";
 import { initFeedback } from "./feedback.js";
 import { state } from "./page.js";
 import { checkModel, loadModelInfo, resetDisplay } from "./predict.js";
@@ -28,6 +29,7 @@ function watchServer() {
 
 function init() {
   initDrawing();
+  initExplain();
   resetDisplay();
   loadModelInfo();
   initFeedback();

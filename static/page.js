@@ -16,8 +16,15 @@ export const ui = {
   digit: $("digit"),
   verdictText: $("verdict-text"),
   verdictDetail: $("verdict-detail"),
+  verdictGuess: $("verdict-guess"),
   bars: $("bars"),
   seen: $("seen"),
+  seenImage: $("seen-image"),
+  saliency: $("saliency"),
+  explainToggle: $("explain-toggle"),
+  saliencyLegend: $("saliency-legend"),
+  legendFor: $("legend-for"),
+  legendAgainst: $("legend-against"),
   status: $("status"),
   modelInfo: $("model-info"),
   modelVersion: $("model-version"),
@@ -26,6 +33,7 @@ export const ui = {
   modelReportLink: $("model-report-link"),
   modelNotice: $("model-notice"),
   feedback: $("feedback"),
+  feedbackPrompt: $("feedback-prompt"),
   feedbackButtons: [...document.querySelectorAll("#feedback-digits [data-digit]")],
   feedbackStatus: $("feedback-status"),
   feedbackCount: $("feedback-count"),
@@ -63,6 +71,7 @@ export const state = {
   lastSentAt: -Infinity,
   timer: 0,
   prediction: null,  // the /predict answer on display
+  explain: false,    // "Show what mattered": the saliency map is drawn over the model's input
   model: null,       // the GET /model answer
   checkingModel: false,
   modelNoticeTimer: 0,

@@ -1,7 +1,9 @@
-// Predictions: /predict at most every THROTTLE_MS while drawing, the answer shown as a verdict, one
-// bar per class and the 28x28 input the model saw; and the active model, shown and watched.
+// Predictions: /predict at most every THROTTLE_MS while drawing, the answer shown as a verdict (or
+// "not sure" when the server is not), one bar per class and the 28x28 input the model saw with what
+// mattered (explain.js); and the active model, shown and watched.
 
 import { fetchJSON, postJSON } from "./api.js";
+import { renderSaliency } from "./explain.js";
 import { percent, state, ui } from "./page.js";
 
 const THROTTLE_MS = 150;          // at most one /predict per this interval while drawing
@@ -131,12 +133,24 @@ function showPrediction(answer) {
     return;
   }
   state.prediction = answer;
-  ui.digit.textContent = String(answer.digit);
-  ui.verdictText.textContent = verdictFor(answer.digit, answer.confidence);
-  ui.verdictDetail.textContent = `${percent(answer.confidence)} confident`;
-  renderBars(probabilities, answer.digit);
+  // Below the model's threshold (chosen on validation data) the server says it is not sure: show that,
+  // with the best guess subdued, rather than a confident wrong digit. No `sure` (an older server): sure.
+  const sure = answer.sure !== false;
+  ui.digit.textContent = sure ? String(answer.digit) : "?";
+  if (sure) {
+    ui.verdictText.textContent = verdictFor(answer.digit, answer.confidence);
+    ui.verdictDetail.textContent = `${percent(answer.confidence)} confident`;
+  } else {
+    ui.verdictText.textContent = "Not sure";
+    ui.verdictDetail.textContent = "Try drawing it bigger or clearer.";
+  }
+  ui.verdictGuess.textContent = sure ? "" : `Best guess: ${answer.digit} (${percent(answer.confidence)})`;
+  ui.verdictGuess.hidden = sure;
+  renderBars(probabilities, sure ? answer.digit : null);
   renderSeen(answer.input);
-  ui.result.dataset.state = "result";
+  renderSaliency(answer.saliency, answer.digit);
+  ui.result.dataset.state = sure ? "result" : "unsure";
+  ui.feedbackPrompt.textContent = sure ? "Wrong? It's a …" : "Which digit is it? It's a …";
   ui.feedback.hidden = false;
   showStatus("");
   if (state.model && answer.model_version && answer.model_version !== state.model.version) checkModel();
@@ -152,7 +166,7 @@ function makeBar(label) {
   return item;
 }
 
-// One bar per probability; as many bars as the answer has classes.
+// One bar per probability; as many bars as the answer has classes. `top` (none when not sure) is marked.
 function renderBars(probabilities, top) {
   while (ui.bars.children.length > probabilities.length) ui.bars.lastElementChild.remove();
   while (ui.bars.children.length < probabilities.length) ui.bars.append(makeBar(String(ui.bars.children.length)));
@@ -196,8 +210,10 @@ export function resetDisplay() {
   ui.digit.textContent = "?";
   ui.verdictText.textContent = "Draw a digit";
   ui.verdictDetail.textContent = "Use a mouse, a finger or a pen on the pad.";
+  ui.verdictGuess.hidden = true;
   ui.bars.replaceChildren();
   renderSeen(null);
+  renderSaliency(null);
   ui.result.dataset.state = "empty";
   ui.feedback.hidden = true;
   showStatus("");

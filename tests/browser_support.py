@@ -230,7 +230,8 @@ class DigitsPage:
         assert response.ok, response.text()
         answer = response.json()
         self.expect(self.result).to_have_attribute("aria-busy", "false")
-        self.expect(self.digit).to_have_text(str(answer["digit"]))
+        # a "not sure" answer shows a "?" instead of the digit
+        self.expect(self.digit).to_have_text(str(answer["digit"]) if answer.get("sure", True) else "?")
         return answer
 
     def expect_prompt(self) -> None:
