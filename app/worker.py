@@ -112,6 +112,7 @@ def run_job(store: Store, job_id: str, weights_dir: Path, data_dir: Path) -> str
                               extra_meta={"job_id": job_id}, feedback=feedback)
         final_path = weights_dir / f"{meta['version']}.npz"
         os.replace(tmp_path, final_path)
+        write_evaluation_report(final_path, data, weights_dir)
         promoted, reason = promotion_decision(meta, weights_dir, policy, data.X_val, data.y_val)
         if not store.finish_job(job_id, "succeeded", metrics=meta["metrics"], model_version=meta["version"],
                                 promoted=int(promoted), decision=reason, history=reporter.history,
@@ -133,6 +134,19 @@ def run_job(store: Store, job_id: str, weights_dir: Path, data_dir: Path) -> str
     finally:
         for leftover in weights_dir.glob(f".job-{job_id}.npz*"):
             leftover.unlink(missing_ok=True)
+
+
+def write_evaluation_report(path: Path, data, weights_dir: Path) -> None:
+    """The new model's evaluation report, where the service serves it (`app.reports`), before the job is
+    reported done. A report that cannot be made is logged; the model is still good."""
+    try:
+        from model.report import write_report
+        from model.weights import load_model
+
+        model = load_model(path)
+        write_report(model, data.X_test, data.y_test, weights_dir / "reports" / model.version)
+    except Exception:  # noqa: BLE001 (matplotlib or the disk: not a reason to lose a trained model)
+        log.exception("could not write the evaluation report of %s", path.name)
 
 
 def main(argv: list[str] | None = None) -> int:

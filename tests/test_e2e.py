@@ -128,7 +128,11 @@ def test_a_training_job_succeeds_and_predict_then_answers_with_the_new_version(s
         while client.post("/predict", json={"strokes": STROKES_ONE}).json()["model_version"] != new_version:
             assert time.monotonic() < deadline, "the server did not switch to the new model"
             time.sleep(0.1)
-        assert client.get("/model").json()["version"] == new_version
+        info = client.get("/model").json()
+        assert info["version"] == new_version
+        assert info["report_url"] == f"/reports/{new_version}/index.html"  # the job wrote its report
+        report = client.get(info["report_url"])
+        assert report.status_code == 200 and new_version in report.text
         versions = {m["version"]: m for m in client.get("/models").json()["models"]}
         assert versions[new_version]["active"] and not versions[old_version]["active"]
         assert versions[new_version]["job_id"] == job_id
