@@ -30,3 +30,14 @@ def test_shipped_model_scores_exactly_its_recorded_test_accuracy(path, mnist_dir
 def test_the_shipped_default_reaches_the_seed_target():
     meta = load_model(active_path(WEIGHTS)).meta
     assert meta["metrics"]["test_accuracy"] >= 0.979
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_model_scores_its_recorded_figures_on_drawn_digits_and_scribbles(path):
+    from model.drawn import beyond_mnist
+    model = load_model(path)
+    metrics = model.meta["metrics"]
+    assert "drawn_accuracy" in metrics, f"{path.name}: run digits calibrate {path} to record them"
+    measured = beyond_mnist(model.predict_proba, model.threshold)
+    for key, value in measured.items():
+        assert value == pytest.approx(metrics[key], abs=1e-9), f"{path.name}: {key}"
