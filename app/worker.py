@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from model.weights import WeightsError, load_model
 log = logging.getLogger("digits.worker")
 PROGRESS_EVERY_S = 0.5
 CANCEL_POLL_S = 0.2
+HEARTBEAT_EVERY_S = 5.0  # from a thread, between steps too (see run_job); well inside HEARTBEAT_GRACE_S
 MAX_CURVE_POINTS = 400
 
 
@@ -98,6 +100,27 @@ def run_job(store: Store, job_id: str, weights_dir: Path, data_dir: Path) -> str
     if not store.transition(job_id, ("queued",), status="running", pid=os.getpid(), started_at=time.time(),
                             heartbeat=time.time()):
         raise SystemExit(f"job {job_id} is no longer queued")
+    # The steps beat through should_stop, but loading data, calibrating, measuring on drawn digits
+    # and writing the report take long stretches without a step (minutes on a loaded machine). A
+    # thread keeps the heartbeat going for as long as this process lives, so the job is not taken
+    # for dead (HEARTBEAT_GRACE_S) while it works.
+    beating = threading.Event()
+    threading.Thread(target=keep_beating, args=(store, job_id, beating), daemon=True).start()
+    try:
+        return _run(store, job, job_id, reporter, weights_dir, data_dir)
+    finally:
+        beating.set()
+
+
+def keep_beating(store: Store, job_id: str, done: threading.Event) -> None:
+    while not done.wait(HEARTBEAT_EVERY_S):
+        try:
+            store.heartbeat(job_id)
+        except Exception:  # noqa: BLE001 (a busy database now and then: the next beat will do)
+            log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+
+
+def _run(store: Store, job: dict, job_id: str, reporter: "JobReporter", weights_dir: Path, data_dir: Path) -> str:
     recipe_fields = dict(job["recipe"])
     policy = recipe_fields.pop("promote", "if_better")
     include_feedback = recipe_fields.pop("include_feedback", False)

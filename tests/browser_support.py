@@ -44,6 +44,20 @@ def browser_type_launch_args(browser_type_launch_args):
     return {**browser_type_launch_args, "executable_path": str(CHROMIUM)}
 
 
+@pytest.fixture(scope="session")
+def shipped_server() -> Iterator[str]:
+    """One real server for the session, serving the repository's weights/ and static/ (with a temporary
+    database, so nothing is written outside the test's folders); yields its URL."""
+    with live_server(ROOT / "weights") as url:
+        yield url
+
+
+@pytest.fixture
+def browser_context_args(browser_context_args, shipped_server):
+    """Pages open on the shipped server. A module with a server of its own overrides this fixture."""
+    return {**browser_context_args, "base_url": shipped_server}
+
+
 @contextmanager
 def live_server(weights_dir: Path, timeout: float = 30.0, *, db_path: Path | None = None,
                 data_dir: Path | None = None, env: dict[str, str] | None = None) -> Iterator[str]:

@@ -405,3 +405,29 @@ def test_a_job_state_moves_on_only_from_the_states_expected(tmp_path):
     assert store.finish_job(job_id, "interrupted", error="gone") is True
     assert store.finish_job(job_id, "succeeded") is False  # an ended job is never overwritten
     assert store.get_job(job_id)["status"] == "interrupted"
+
+
+def test_a_worker_keeps_its_heartbeat_between_steps_until_it_is_done(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from app import worker
+    from app.jobs import Store
+    store = Store(tmp_path / "db.sqlite3")
+    job_id = store.create_job({"epochs": 1})
+    monkeypatch.setattr(worker, "HEARTBEAT_EVERY_S", 0.05)
+    done = threading.Event()
+    thread = threading.Thread(target=worker.keep_beating, args=(store, job_id, done))
+    thread.start()
+
+    def next_beat(after: float) -> float:
+        deadline = time.monotonic() + 5
+        while (beat := store.get_job(job_id)["heartbeat"]) is None or beat <= after:
+            assert time.monotonic() < deadline, "the heartbeat stopped"
+            time.sleep(0.02)
+        return beat
+
+    next_beat(next_beat(0.0))  # it beats, and beats again, with no training step in between
+    done.set()
+    thread.join(2)
+    assert not thread.is_alive(), "it stops when the job is done"

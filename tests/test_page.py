@@ -11,29 +11,15 @@ pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from browser_support import (  # noqa: E402
-    ONE, ROOT, SEVEN_BAR, SEVEN_STEM, SHAPES, ZERO, DigitsPage, draw_with_mouse, ink_pixels, live_server,
+    ONE, ROOT, SEVEN_BAR, SEVEN_STEM, SHAPES, ZERO, DigitsPage, draw_with_mouse, ink_pixels,
     percentages,
 )
-from browser_support import browser_type_launch_args  # noqa: E402, F401  (the system Chromium)
+from browser_support import browser_context_args, browser_type_launch_args, shipped_server  # noqa: E402, F401
 
 pytestmark = pytest.mark.browser
 
 DESKTOP = {"width": 1100, "height": 820}
 PHONE = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="session")
-def base_url():
-    """A real server on a free loopback port, serving the repository's weights/ and static/ (and a
-    temporary database, so nothing is written outside the test's folders)."""
-    with live_server(ROOT / "weights") as url:
-        yield url
-
-
-@pytest.fixture
-def browser_context_args(browser_context_args, base_url):
-    """This module's server, whichever browser test module ran first in the session."""
-    return {**browser_context_args, "base_url": base_url}
 
 
 @pytest.fixture

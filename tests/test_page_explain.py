@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect  # noqa: E402
 
-from browser_support import ONE, ROOT, SEVEN, DigitsPage, line, live_server  # noqa: E402
-from browser_support import browser_type_launch_args  # noqa: E402, F401  (the system Chromium)
+from browser_support import ONE, ROOT, SEVEN, DigitsPage, line  # noqa: E402
+from browser_support import browser_context_args, browser_type_launch_args, shipped_server  # noqa: E402, F401
 
 pytestmark = pytest.mark.browser
 
@@ -36,18 +36,6 @@ OVERLAY_PIXELS_JS = """([x, y]) => {
   const at = 4 * (y * canvas.width + x);
   return {width: canvas.width, height: canvas.height, orange, blue, pixel: [...data.slice(at, at + 4)]};
 }"""
-
-
-@pytest.fixture(scope="module")
-def server_url():
-    with live_server(ROOT / "weights") as url:
-        yield url
-
-
-@pytest.fixture
-def browser_context_args(browser_context_args, server_url):
-    """This module's server, whichever browser test module ran first in the session."""
-    return {**browser_context_args, "base_url": server_url}
 
 
 @pytest.fixture

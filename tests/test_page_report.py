@@ -7,24 +7,12 @@ import pytest
 pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect  # noqa: E402
 
-from browser_support import ROOT, live_server  # noqa: E402
-from browser_support import browser_type_launch_args  # noqa: E402, F401  (the system Chromium)
+from browser_support import ROOT  # noqa: E402
+from browser_support import browser_context_args, browser_type_launch_args, shipped_server  # noqa: E402, F401
 from model.registry import active_path  # noqa: E402
 from model.weights import read_meta  # noqa: E402
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def server_url():
-    with live_server(ROOT / "weights") as url:
-        yield url
-
-
-@pytest.fixture
-def browser_context_args(browser_context_args, server_url):
-    """This module's server, whichever browser test module ran first in the session."""
-    return {**browser_context_args, "base_url": server_url}
 
 
 def test_the_model_line_links_to_the_active_models_report_in_a_new_tab(page: Page):
