@@ -72,7 +72,7 @@ class Recipe:
 ARCHITECTURE_RECIPES: dict[str, dict] = {
     "seed": {},
     "mlp": {"epochs": 40, "learning_rate": 0.05, "momentum": 0.9, "lr_decay": 0.95, "l2": 1e-5, "augment": True},
-    "cnn": {"epochs": 16, "learning_rate": 0.05, "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1.0,
+    "cnn": {"epochs": 22, "learning_rate": 0.05, "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1.0,
             "l2": 5e-4, "augment": True},
 }
 ADAM_LEARNING_RATE = 1e-3  # Adam diverges at SGD's rates
