@@ -44,11 +44,11 @@ CALIBRATION_SCRIBBLES = (400, 1)  # (count, seed) of the non-digit scribbles the
 def calibration_of(network, X_val: np.ndarray, y_val: np.ndarray) -> dict | None:
     """Temperature, "not sure" threshold and ECE before/after, fitted on validation data (None without it).
     The threshold also keeps most synthetic non-digit scribbles out (`model.calibrate.REJECT_SHARE`)."""
-    from model.drawn import drawn_inputs, scribbles
+    from model.drawn import fixed_inputs
 
     if not len(y_val):
         return None
-    junk = drawn_inputs(scribbles(*CALIBRATION_SCRIBBLES))
+    junk = fixed_inputs("scribbles", *CALIBRATION_SCRIBBLES)[0]
     return calibrate(network.logits(X_val), y_val, reject_logits=network.logits(junk)).to_dict()
 
 
