@@ -45,6 +45,13 @@ def architecture_spec(name: str) -> dict:
 ARCHITECTURES = ("seed", "mlp", "cnn")
 
 
+def check_keys(own: dict, arrays: dict, what: str) -> None:
+    """ValueError naming the missing and unexpected parameter keys, if `arrays` does not match `own`."""
+    missing, extra = own.keys() - arrays.keys(), arrays.keys() - own.keys()
+    if missing or extra:
+        raise ValueError(f"parameters do not match {what}: missing {sorted(missing)}, unexpected {sorted(extra)}")
+
+
 class Network:
     """Layers applied in order; `predict_proba` and `predict` as in scikit-learn."""
 
@@ -76,10 +83,7 @@ class Network:
     def set_parameters(self, arrays: dict[str, np.ndarray]) -> None:
         """Copy arrays into the network, checking that keys, shapes and dtypes match the spec."""
         own = self.parameters()
-        missing, extra = own.keys() - arrays.keys(), arrays.keys() - own.keys()
-        if missing or extra:
-            raise ValueError(f"parameters do not match the architecture: missing {sorted(missing)}, "
-                             f"unexpected {sorted(extra)}")
+        check_keys(own, arrays, "the architecture")
         for key, target in own.items():
             value = arrays[key]
             if value.dtype.kind != "f":
@@ -215,11 +219,7 @@ class Ensemble:
         return {f"m{i}.{k}": v for i, m in enumerate(self.members) for k, v in m.parameters().items()}
 
     def set_parameters(self, arrays: dict[str, np.ndarray]) -> None:
-        own = self.parameters()
-        missing, extra = own.keys() - arrays.keys(), arrays.keys() - own.keys()
-        if missing or extra:
-            raise ValueError(f"parameters do not match the ensemble: missing {sorted(missing)}, "
-                             f"unexpected {sorted(extra)}")
+        check_keys(self.parameters(), arrays, "the ensemble")
         for i, member in enumerate(self.members):
             prefix = f"m{i}."
             member.set_parameters({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
