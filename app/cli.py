@@ -98,8 +98,9 @@ def cmd_evaluate(args) -> int:
     model = load_model(Path(args.path))
     X, y = load_split(resolve_data_dir(args.data_dir), "t10k")
     print(format_evaluation(evaluate(model.network.predict(X), y), f"{model.version} on the MNIST test set"))
-    from model.drawn import REPORT_SET, beyond_mnist, drawn_digits, evaluate_drawn, format_drawn
-    print("\n" + format_drawn(evaluate_drawn(model.network.predict, drawn_digits(**REPORT_SET)),
+    from model.drawn import beyond_mnist, evaluate_drawn, format_drawn, report_drawn_set
+    drawn, X_drawn = report_drawn_set()
+    print("\n" + format_drawn(evaluate_drawn(model.network.predict, drawn, X_drawn),
                               f"{model.version} on synthetic drawn digits (model.drawn)"))
     b = beyond_mnist(model.predict_proba, model.threshold)
     print(f"'not sure' (below {100 * model.threshold:.1f}%): {100 * b['drawn_not_sure']:.1f}% of drawn digits "
@@ -112,15 +113,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_calibrate(args) -> int:
+def data_beside(path: Path, data_dir: str | None):
+    """MNIST split as the saved model at `path` was trained: the same validation size, so its
+    validation images stay unseen."""
     from model.data import load_mnist
-    from model.pipeline import calibrate_saved
     from model.weights import read_meta
 
-    path = Path(args.path)
     size = (read_meta(path).get("recipe") or {}).get("validation_size", 10_000)
-    data = load_mnist(resolve_data_dir(args.data_dir), validation_size=size)
-    c = calibrate_saved(path, data)["calibration"]
+    return load_mnist(resolve_data_dir(data_dir), validation_size=size)
+
+
+def cmd_calibrate(args) -> int:
+    from model.pipeline import calibrate_saved
+
+    path = Path(args.path)
+    c = calibrate_saved(path, data_beside(path, args.data_dir))["calibration"]
     print(f"calibrated {path} on its {c['n']:,} validation images:\n"
           f"  temperature {c['temperature']:.3f}; expected calibration error {100 * c['ece_before']:.2f}% -> "
           f"{100 * c['ece_after']:.2f}%\n"
@@ -131,14 +138,11 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from model.data import load_mnist
     from model.pipeline import ensemble_and_save
     from model.registry import set_active
-    from model.weights import read_meta
 
     paths = [Path(p) for p in args.members]
-    size = (read_meta(paths[0]).get("recipe") or {}).get("validation_size", 10_000)
-    data = load_mnist(resolve_data_dir(args.data_dir), validation_size=size)
+    data = data_beside(paths[0], args.data_dir)
     out = Path(args.out) if args.out else Path(args.weights_dir) / f".ensemble-{os.getpid()}.npz"
     meta = ensemble_and_save(paths, data, out)
     if not args.out:
@@ -175,8 +179,7 @@ def cmd_serve(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from model.network import ARCHITECTURES
-    from model.train import TRAINABLE
-    from model.train import Recipe
+    from model.train import TRAINABLE, Recipe
 
     parser = argparse.ArgumentParser(prog="digits", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

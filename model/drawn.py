@@ -242,12 +242,14 @@ def drawn_inputs(ds: DrawnSet) -> np.ndarray:
     return X
 
 
-def evaluate_drawn(predict_fn: Callable[[np.ndarray], np.ndarray], ds: DrawnSet | None = None) -> dict:
-    """predict_fn: (N, 784) -> (N,) digits. Accuracy overall, per digit and per style, and the predictions."""
+def evaluate_drawn(predict_fn: Callable[[np.ndarray], np.ndarray], ds: DrawnSet | None = None,
+                   X: np.ndarray | None = None) -> dict:
+    """predict_fn: (N, 784) -> (N,) digits. Accuracy overall, per digit and per style, and the predictions.
+    X: `drawn_inputs(ds)` where the caller has it already."""
     ds = drawn_digits() if ds is None else ds
     if (ds.labels < 0).any():
         raise ValueError("evaluate_drawn needs digits; this set holds scribbles (label -1)")
-    predicted = np.asarray(predict_fn(drawn_inputs(ds)))
+    predicted = np.asarray(predict_fn(drawn_inputs(ds) if X is None else X))
     correct = predicted == ds.labels
     styles = np.array(ds.styles)
     ev = evaluate(predicted, ds.labels)
@@ -271,10 +273,22 @@ REPORT_SCRIBBLES = {"n": 400, "seed": 0}    # calibration fits on other seeds (m
 
 
 @lru_cache(maxsize=None)
+def _fixed_set(kind: str, size: int, seed: int) -> DrawnSet:
+    return drawn_digits(size, seed) if kind == "drawn" else scribbles(size, seed)
+
+
+def report_drawn_set() -> tuple[DrawnSet, np.ndarray]:
+    """The drawn digits that reports and metadata quote (`REPORT_SET`) and their model inputs, made
+    once per process."""
+    key = ("drawn", REPORT_SET["per_style"], REPORT_SET["seed"])
+    return _fixed_set(*key), fixed_inputs(*key)[0]
+
+
+@lru_cache(maxsize=None)
 def fixed_inputs(kind: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(X, labels) of a fixed, seeded set: "drawn" (`size` per style) or "scribbles" (`size` of them).
     Built once per process (generating and preprocessing them takes a second or two) and read-only."""
-    ds = drawn_digits(size, seed) if kind == "drawn" else scribbles(size, seed)
+    ds = _fixed_set(kind, size, seed)
     X, labels = drawn_inputs(ds), ds.labels.copy()
     X.setflags(write=False)
     labels.setflags(write=False)
