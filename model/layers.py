@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from model import blas
+
 DTYPE = np.float32
 
 
@@ -65,7 +67,7 @@ class Dense(Layer):
             np.sum(dZ, axis=0, out=self.grads["b"])
         if not self.needs_input_grad:
             return None
-        return dZ @ self.params["W"].T  # (N, n_in)
+        return blas.matmul(dZ, self.params["W"].T)  # (N, n_in); one thread when n_out is small
 
     def spec(self):
         return {"type": self.kind, "n_in": self.n_in, "n_out": self.n_out}
