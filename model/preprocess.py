@@ -110,11 +110,12 @@ def _decimate(q: np.ndarray, step: float) -> np.ndarray:
     return q[keep]
 
 
-def render_strokes(strokes: list, raster: int = RASTER) -> np.ndarray:
+def render_strokes(strokes: list, raster: int = RASTER, stroke_width: float = STROKE_WIDTH) -> np.ndarray:
     """Pen strokes [[[x, y], ...], ...] in any units -> (raster, raster) antialiased ink.
 
     The drawing's bounding box is scaled to fill the raster and drawn with a fixed pen width relative to
-    it, so the brush size the person used does not matter.
+    it (`stroke_width` of the raster's side), so the brush size the person used does not matter. Only
+    tuning passes other `raster` or `stroke_width` values (benchmarks/drawn_tuning.py).
     """
     points = [np.asarray(s, dtype=np.float64).reshape(-1, 2) for s in strokes if len(s)]
     if not points:
@@ -122,7 +123,7 @@ def render_strokes(strokes: list, raster: int = RASTER) -> np.ndarray:
     allp = np.concatenate(points)
     lo, hi = allp.min(axis=0), allp.max(axis=0)
     span = float((hi - lo).max())
-    pen = STROKE_WIDTH * raster
+    pen = stroke_width * raster
     scale = (raster - 2 * pen) / span if span > 0 else 1.0
     starts, ends = [], []
     for p in points:
@@ -161,6 +162,6 @@ def render_strokes(strokes: list, raster: int = RASTER) -> np.ndarray:
     return ink.reshape(raster, raster)
 
 
-def preprocess_strokes(strokes: list) -> np.ndarray:
+def preprocess_strokes(strokes: list, raster: int = RASTER, stroke_width: float = STROKE_WIDTH) -> np.ndarray:
     """Pen strokes -> (28, 28) float32 in [0, 1], through the same path as images."""
-    return preprocess_ink(render_strokes(strokes))
+    return preprocess_ink(render_strokes(strokes, raster, stroke_width))

@@ -204,3 +204,11 @@ def test_a_stroke_drawn_twice_is_the_same_as_once():
 def test_no_stroke_points_raise_empty_drawing_error(strokes):
     with pytest.raises(EmptyDrawingError, match="^the drawing is empty$"):
         preprocess_strokes(strokes)
+
+
+def test_the_pen_width_sets_the_stroke_thickness_and_defaults_to_the_shipped_one():
+    from model.preprocess import STROKE_WIDTH
+    line = [[[5, 0], [5, 100]]]
+    np.testing.assert_array_equal(preprocess_strokes(line, stroke_width=STROKE_WIDTH), preprocess_strokes(line))
+    widths = [ink_box(preprocess_strokes(line, stroke_width=w))[1] for w in (0.06, 0.12, 0.24)]
+    assert widths[0] < widths[1] < widths[2], widths
