@@ -40,10 +40,10 @@ def sweep(models: dict, ds, settings: list[tuple[int, float]]) -> dict[tuple[int
 
 def print_table(title: str, table: dict, names: list[str], label) -> None:
     print(f"\n{title}")
-    print(f"  {'':18}" + "".join(f"{name:>16}" for name in names))
+    print(f"  {'':18}" + "".join(f"{name:>19}" for name in names))
     for setting, row in table.items():
         mark = "  (shipped)" if setting == (RASTER, STROKE_WIDTH) else ""
-        print(f"  {label(setting):18}" + "".join(f"{100 * row[n]:15.2f}%" for n in names) + mark)
+        print(f"  {label(setting):18}" + "".join(f"{100 * row[n]:18.2f}%" for n in names) + mark)
     best = {n: max(table, key=lambda s: (table[s][n], s == (RASTER, STROKE_WIDTH))) for n in names}
     print("  best: " + "; ".join(f"{n}: {label(best[n])}" for n in names))
 
