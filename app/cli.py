@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.func in (cmd_train, cmd_ensemble, cmd_evaluate, cmd_calibrate):
+        from model.memory import TRAINING, keep_freed_memory
+        keep_freed_memory(**TRAINING)  # no page faults for each step's large temporaries (model.memory)
     try:
         return args.func(args)
     except (DataError, ValueError) as exc:

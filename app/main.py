@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from app.reports import router as reports_router
 from app.routes import router
 from app.routes_train import router as train_router
 from app.settings import Settings
+from model.memory import SERVING, keep_freed_memory
 from model.registry import active_path
 from model.weights import Model, WeightsError, load_model
 
@@ -116,28 +115,6 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": response.body})
 
 
-# glibc serves allocations of 128 KiB and more with fresh mmap'd pages and hands them back on free, so
-# every request that decodes a 280x280 canvas (313 KB of RGBA, then its ink as float32) paid ~120 page
-# faults and ~600 µs of kernel time, a quarter of the request. Above these thresholds instead: such
-# blocks stay in the heap and are reused. The cost is that up to KEEP_FREED_BYTES of freed memory
-# may stay with the process.
-MMAP_THRESHOLD_BYTES = 16 * 2**20   # an image at the default 4,000,000-pixel limit is 16 MB as RGBA
-KEEP_FREED_BYTES = 64 * 2**20
-
-
-def keep_freed_memory() -> bool:
-    """Tune glibc's malloc as above; False (and nothing changed) where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
-
-
 def describe_validation_error(exc: RequestValidationError) -> str:
     """One readable sentence per problem, e.g. "pixels: pixels has shape (3,); send 28x28 ..."."""
     parts = []
@@ -172,7 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # keep it out of garbage collections. Otherwise each full collection walks all of it, pausing
             # every request in flight for tens of milliseconds (the p99 under load).
             gc.freeze()
-            if not keep_freed_memory():
+            # Decoding canvases allocates the same large blocks per request: keep them (model.memory).
+            if not keep_freed_memory(**SERVING):
                 log.info("malloc left as it is (not glibc): large blocks are mapped afresh per request")
             try:
                 yield

@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from app.jobs import Store
 from model.data import load_mnist
+from model.memory import TRAINING, keep_freed_memory
 from model.pipeline import train_and_save
 from model.registry import active_path, set_active
 from model.train import Progress, Recipe, TrainingCancelled, accuracy
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         Path("/proc/self/autogroup").write_text("10")  # against the server's: lower that weight too
     except OSError:  # no autogroup here (other kernels, containers): the nice value alone applies
         pass
+    keep_freed_memory(**TRAINING)  # no page faults for each step's large temporaries (model.memory)
     with threadpool_limits(limits=1):  # leave the other core to the server
         state = run_job(Store(args.db), args.job, args.weights_dir, args.data_dir)
     return 0 if state in ("succeeded", "cancelled") else 1

@@ -21,6 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from model.data import DataError, load_split
+from model.memory import TRAINING, keep_freed_memory
 from model.network import ARCHITECTURES, architecture_spec
 from model.train import Progress, Recipe, train
 
@@ -149,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     if unmeasured:
         print(f"note: no FLOP count for {', '.join(unmeasured)}; add one to FLOPS_PER_SAMPLE to time them")
 
+    # As `digits train` and the service's training jobs run: large blocks kept for reuse (model.memory).
+    tuned = keep_freed_memory(**TRAINING)
     X, y = load_training_images(args.data_dir)
     blas = ", ".join(f"{pool['internal_api']} {pool['version']} ({pool['num_threads']} threads, "
                      f"{pool.get('architecture', '?')} kernels)" for pool in threadpool_info()) or "unknown"
     print(f"BLAS: {blas}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; {os.cpu_count()} CPUs; "
-          f"load average {os.getloadavg()[0]:.2f}")
+          f"load average {os.getloadavg()[0]:.2f}; malloc keeps freed blocks: {'yes' if tuned else 'no (not glibc)'}")
     size, recipe = args.peak_size, Recipe()
     # Before and after the epochs, the best counts: load from other work comes and goes.
     before = matmul_rates_in_child(size, recipe.batch_size, args.peak_repeats)
