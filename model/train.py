@@ -71,7 +71,8 @@ class Recipe:
 # recipes are the ones their shipped models were trained with (weights/README.md).
 ARCHITECTURE_RECIPES: dict[str, dict] = {
     "seed": {},
-    "mlp": {"epochs": 40, "learning_rate": 0.05, "momentum": 0.9, "lr_decay": 0.95, "l2": 1e-5, "augment": True},
+    "mlp": {"epochs": 100, "learning_rate": 0.05, "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1.0,
+            "l2": 1e-5, "augment": True},
     "cnn": {"epochs": 22, "learning_rate": 0.05, "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1.0,
             "l2": 5e-4, "augment": True},
 }
