@@ -1,5 +1,5 @@
 """The page's "not sure" answer and its "what mattered" overlay, in real headless Chromium against a real
-server with the shipped active model: a clear digit is named, a "#" scribble the model rejects is shown
+server with the shipped active model: a clear digit is named, a zigzag scribble the model rejects is shown
 as "not sure" with no bar marked, and the saliency map is drawn over the 28x28 input on request."""
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ pytestmark = pytest.mark.browser
 DESKTOP = {"width": 1100, "height": 820}
 PHONE = {"width": 390, "height": 844}
 
-# A noughts-and-crosses grid: no digit. The shipped seed model gives it at most about 65% (best guess 0)
-# at pad sizes from 250 to 480 px, far under its "not sure" threshold of about 88%.
-HASH = [line((0.35, 0.2), (0.35, 0.8)), line((0.65, 0.2), (0.65, 0.8)),
-        line((0.2, 0.35), (0.8, 0.35)), line((0.2, 0.65), (0.8, 0.65))]
+CORNERS = [(0.2 + 0.6 * i / 8, 0.3 if i % 2 == 0 else 0.7) for i in range(9)]  # the zigzag's turns
+# A zigzag across the pad: no digit. Every shipped single model is unsure of it at pad sizes from 250
+# to 480 px (checked with model.preprocess: the active seed network trained with augmentation gives it
+# 56% (best guess 8) against its threshold of about 87%). A "#" grid was used before, until that model
+# turned out 98% sure it is a 4.
+ZIGZAG = [[point for a, b in zip(CORNERS, CORNERS[1:]) for point in line(a, b, 4)[:-1]] + [CORNERS[-1]]]
 
 # JavaScript: the overlay's pixels with any opacity, counted by colour (orange: red over blue; blue:
 # blue over red), and the RGBA of the pixel at (x, y) when asked.
@@ -88,9 +90,9 @@ def test_a_clear_digit_is_named_not_called_unsure(digits: DigitsPage):
 
 
 def test_a_scribble_the_model_rejects_shows_not_sure_with_no_bar_marked(digits: DigitsPage):
-    answer = digits.draw(HASH)
+    answer = digits.draw(ZIGZAG)
     threshold = digits.page.request.get("/model").json()["calibration"]["threshold"]
-    assert answer["sure"] is False, (f"the active model is sure the '#' is a {answer['digit']} "
+    assert answer["sure"] is False, (f"the active model is sure the zigzag is a {answer['digit']} "
                                      f"({answer['confidence']:.3f} >= {threshold:.3f}); pick another scribble")
     expect_not_sure(digits, answer)
     values = [float(text.rstrip("%")) for text in digits.page.locator("#bars .bar-value").all_inner_texts()]
@@ -186,7 +188,7 @@ def test_on_a_phone_not_sure_and_the_overlay_fit_without_sideways_scrolling(new_
     page = digits.page
     touch = context.new_cdp_session(page)
 
-    answer = digits.draw(HASH, touch_session=touch)
+    answer = digits.draw(ZIGZAG, touch_session=touch)
     assert answer["sure"] is False
     expect_not_sure(digits, answer)
     page.get_by_role("button", name="Clear").click()
