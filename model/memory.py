@@ -7,7 +7,7 @@ every call:
 - serving: decoding a 280x280 canvas and taking its ink (313 KB blocks) faulted ~120 pages and spent
   ~600 µs in the kernel per request, a quarter of the request;
 - training: a cnn step at batch 128 (its second convolution's im2col matrix alone is 80 MB) faulted
-  1,200-1,900 pages and spent 17-22 ms of its ~190 ms in the kernel.
+  1,200-3,200 pages and spent 17-22 ms of its ~190 ms in the kernel.
 Raising the thresholds keeps such blocks in the heap for reuse: no faults, no kernel time. The cost is
 that up to `keep` bytes of freed memory may stay with the process.
 """
@@ -20,7 +20,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 MiB = 2**20
 SERVING = {"largest": 16 * MiB, "keep": 64 * MiB}     # an image at the 4,000,000-pixel limit is 16 MB as RGBA
-TRAINING = {"largest": 256 * MiB, "keep": 512 * MiB}  # im2col of a cnn batch is 80 MB; inference slices more
+TRAINING = {"largest": 256 * MiB, "keep": 512 * MiB}  # a cnn's im2col: 80 MB at batch 128, 160 MB at 256
 
 
 def keep_freed_memory(largest: int, keep: int) -> bool:
