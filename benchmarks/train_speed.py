@@ -123,9 +123,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_epochs(name: str, X: np.ndarray, y: np.ndarray, repeats: int) -> list[float]:
+def time_epochs(name: str, X: np.ndarray, y: np.ndarray, repeats: int, batch_size: int | None = None) -> list[float]:
     """Seconds of each of `repeats` epochs of the default recipe (validation not included)."""
     recipe = Recipe(architecture=name, epochs=repeats)
+    if batch_size:
+        recipe.batch_size = batch_size
     reports: list[Progress] = []
     no_val = (np.empty((0, X.shape[1]), np.float32), np.empty(0, np.int64))
     result = train(recipe, X, y, *no_val, on_progress=reports.append)  # a callback, as the CLI has
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="epochs to time; best and median are shown")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
                         help="folder with the MNIST files (default: $DIGITS_DATA_DIR, else ../shared/mnist)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="minibatch size (default: the recipe's, %d)" % Recipe.batch_size)
     parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matrices for the peak")
     parser.add_argument("--peak-repeats", type=int, default=5, help="matrix multiplies; the best counts")
     args = parser.parse_args(argv)
@@ -157,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{pool.get('architecture', '?')} kernels)" for pool in threadpool_info()) or "unknown"
     print(f"BLAS: {blas}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.2f}; malloc keeps freed blocks: {'yes' if tuned else 'no (not glibc)'}")
-    size, recipe = args.peak_size, Recipe()
+    size, recipe = args.peak_size, Recipe(batch_size=args.batch_size or Recipe.batch_size)
     # Before and after the epochs, the best counts: load from other work comes and goes.
     before = matmul_rates_in_child(size, recipe.batch_size, args.peak_repeats)
-    timings = {name: time_epochs(name, X, y, args.repeats) for name in names}
+    timings = {name: time_epochs(name, X, y, args.repeats, recipe.batch_size) for name in names}
     after = matmul_rates_in_child(size, recipe.batch_size, args.peak_repeats)
     peak, batch_rate = max(before[0], after[0]), max(before[1], after[1])
     print(f"float32 matmul peak: {peak:.1f} GFLOP/s ({size}x{size} @, best of {args.peak_repeats} before "

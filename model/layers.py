@@ -99,12 +99,16 @@ class SoftmaxCrossEntropy:
         picked = self._probs[np.arange(N), y]
         return float(-np.log(np.maximum(picked, np.finfo(DTYPE).tiny)).mean())
 
-    def backward(self) -> np.ndarray:
-        """-> dlogits (N, C)."""
+    def backward(self, scale: float = 1.0) -> np.ndarray:
+        """-> dlogits (N, C) of `scale` times the mean loss.
+
+        Every gradient below is linear in dlogits, so a `scale` here (the plain SGD step's learning
+        rate, see `model.optim.SGD.gradient_scale`) scales them all for the price of this (N, C) pass,
+        where scaling the gradients afterwards takes a pass over every weight."""
         N = len(self._y)
         dZ = self._probs  # reused in place; forward's probabilities are not needed again
         dZ[np.arange(N), self._y] -= 1
-        dZ /= N
+        dZ *= DTYPE(scale / N)
         return dZ
 
 

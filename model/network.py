@@ -121,15 +121,18 @@ class Network:
         params = self.parameters()
         return 0.5 * l2 * sum(float(np.vdot(params[key], params[key])) for key in self.weight_keys())
 
-    def loss_and_gradients(self, X: np.ndarray, y: np.ndarray, l2: float = 0.0) -> float:
-        """One forward and backward pass; returns the loss including 0.5 * l2 * sum(W^2)."""
+    def loss_and_gradients(self, X: np.ndarray, y: np.ndarray, l2: float = 0.0,
+                           gradient_scale: float = 1.0) -> float:
+        """One forward and backward pass; returns the loss including 0.5 * l2 * sum(W^2).
+
+        The gradients are those of `gradient_scale` times the loss (see `SoftmaxCrossEntropy.backward`)."""
         loss = self.loss.forward(self.forward(X, training=True), y)
-        self.backward(self.loss.backward())
+        self.backward(self.loss.backward(gradient_scale))
         if l2:
             loss += self.l2_penalty(l2)
             params, grads = self.parameters(), self.gradients()
             for key in self.weight_keys():
-                grads[key] += DTYPE(l2) * params[key]
+                grads[key] += DTYPE(l2 * gradient_scale) * params[key]
         return loss
 
     @property

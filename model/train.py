@@ -178,8 +178,10 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
             X_batch = X_train[idx] if not recipe.augment else augment(X_train[idx], aug_rng, augmentation)
             # L2's gradient goes into the update, not into the gradients: fewer passes over the weights;
             # its term in the loss is added where the loss is reported.
-            loss_sum += network.loss_and_gradients(X_batch, y_train[idx])
-            optimizer.step(network.parameters(), network.gradients(), weight_decay)
+            # Plain SGD takes its gradients pre-scaled by the rate: one pass fewer over the weights.
+            scale = optimizer.gradient_scale
+            loss_sum += network.loss_and_gradients(X_batch, y_train[idx], gradient_scale=scale)
+            optimizer.step(network.parameters(), network.gradients(), weight_decay, gradient_scale=scale)
             if on_progress is not None and ((step + 1) % report_every == 0 or step + 1 == n_steps):
                 done = min((step + 1) * recipe.batch_size, n)
                 on_progress(Progress(epoch, recipe.epochs, step + 1, n_steps,

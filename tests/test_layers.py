@@ -174,6 +174,44 @@ def test_sgd_weight_decay_is_the_same_as_adding_l2_times_the_weights_to_the_grad
     np.testing.assert_allclose(P1, P2, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("make", [lambda: SGD(0.1), lambda: SGD(0.1, momentum=0.9), lambda: SGD(0.1, 0.9, True)],
+                         ids=["plain", "momentum", "nesterov"])
+def test_gradients_given_pre_scaled_by_gradient_scale_make_the_same_steps(make):
+    """The trainer scales the loss gradient by `gradient_scale` (the rate, for plain SGD) and says so."""
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal((5, 4)).astype(np.float32) for _ in range(3)]
+    P_plain = rng.standard_normal((5, 4)).astype(np.float32)
+    P_scaled = P_plain.copy()
+    plain, scaled = make(), make()
+    for G in grads:
+        plain.step({"W": P_plain}, {"W": G.copy()}, weight_decay={"W": 0.01})
+        s = scaled.gradient_scale
+        scaled.step({"W": P_scaled}, {"W": G * np.float32(s)}, weight_decay={"W": 0.01}, gradient_scale=s)
+    np.testing.assert_allclose(P_scaled, P_plain, rtol=1e-5, atol=1e-6)
+    assert scaled.gradient_scale == (0.1 if not scaled.momentum else 1.0)
+
+
+def test_loss_gradients_scale_linearly_with_gradient_scale():
+    from model.network import Network
+    net = Network.from_architecture("seed", seed=0)
+    rng = np.random.default_rng(1)
+    X, y = rng.random((8, 784), dtype=np.float32), rng.integers(0, 10, 8)
+    loss = net.loss_and_gradients(X, y)
+    plain = {k: v.copy() for k, v in net.gradients().items()}
+    assert net.loss_and_gradients(X, y, gradient_scale=0.25) == loss  # the loss itself is unscaled
+    for key, G in net.gradients().items():
+        np.testing.assert_allclose(G, 0.25 * plain[key], rtol=1e-5, atol=1e-8)
+
+
+def test_a_zero_rate_at_the_end_of_a_cosine_schedule_scales_nothing():
+    opt = SGD(0.1)
+    opt.learning_rate = 0.0
+    P = np.ones(3, np.float32)
+    opt.step({"p": P}, {"p": np.ones(3, np.float32)}, gradient_scale=opt.gradient_scale)
+    assert opt.gradient_scale == 1.0
+    np.testing.assert_array_equal(P, 1.0)
+
+
 def test_dropout_zeroes_about_its_rate_scales_the_rest_and_is_off_at_inference():
     from model.layers import Dropout
     layer = Dropout(0.25, np.random.default_rng(0))
