@@ -1,7 +1,8 @@
 """Small layers with `forward` and `backward`, batch-major and float32.
 
 `forward` caches what `backward` needs; `backward` returns dX and stores parameter gradients in
-`self.grads`. Parameter updates live in `model.optim`, never here.
+`self.grads`. Parameter updates live in `model.optim`, never here. Arrays a layer keeps but does not
+train (batch normalisation's running statistics) live in `self.buffers`, out of the optimizer's sight.
 """
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ DTYPE = np.float32
 class Layer:
     """Base: a layer with no parameters."""
     kind = "layer"
+    required_sizes: tuple[str, ...] = ()  # spec fields (of PARAMETRISED) that build_layer insists on
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        # State that is saved with the weights but never trained: the optimizer only sees `params`.
+        self.buffers: dict[str, np.ndarray] = {}
         # False while only the gradient w.r.t. the input is wanted (saliency): backward then skips
         # the parameter gradients, for a dense layer the largest product of the pass.
         self.param_grads = True
@@ -33,10 +37,16 @@ class Layer:
         """JSON-able description, enough to rebuild the layer (without its parameters)."""
         return {"type": self.kind}
 
+    def array_problem(self, name: str, value: np.ndarray) -> str | None:
+        """What is wrong with `value` as this layer's array `name` beyond shape, dtype and finiteness
+        (which `Network` checks for every array), or None."""
+        return None
+
 
 class Dense(Layer):
     """Z = X @ W + b. He-initialised for the ReLU that usually follows."""
     kind = "dense"
+    required_sizes = ("n_in", "n_out")
 
     def __init__(self, n_in: int, n_out: int, rng: np.random.Generator | None = None) -> None:
         super().__init__()
@@ -147,7 +157,7 @@ class Dropout(Layer):
 
 
 LAYER_TYPES: dict[str, type[Layer]] = {}
-PARAMETRISED = ("n_in", "n_out", "kernel")  # integer sizes a spec must give as positive integers
+PARAMETRISED = ("n_in", "n_out", "kernel", "n_features")  # integer sizes a spec must give as positive integers
 
 
 def register(*classes: type[Layer]) -> None:
@@ -170,8 +180,8 @@ def build_layer(spec: dict, rng: np.random.Generator | None = None) -> Layer:
     for key in PARAMETRISED:
         if key in args and (not isinstance(args[key], int) or isinstance(args[key], bool) or args[key] <= 0):
             raise ValueError(f"{kind} layer needs a positive integer {key!r}, got {args[key]!r}")
-    if cls in (Dense,) and not all(key in args for key in ("n_in", "n_out")):
-        missing = next(key for key in ("n_in", "n_out") if key not in args)
+    missing = next((key for key in cls.required_sizes if key not in args), None)
+    if missing is not None:
         raise ValueError(f"{kind} layer needs a positive integer {missing!r}, got None")
     try:
         return cls(**args, rng=rng) if "rng" in cls.__init__.__code__.co_varnames else cls(**args)

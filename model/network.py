@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 import model.conv  # noqa: F401  (registers the convolution layers with build_layer)
+from model.batchnorm import BatchNorm
 from model.layers import DTYPE, Dropout, Layer, SoftmaxCrossEntropy, build_layer, softmax
 
 N_CLASSES = 10
@@ -72,27 +73,49 @@ class Network:
     def from_architecture(cls, name: str, seed: int = 0) -> "Network":
         return cls(architecture_spec(name), np.random.default_rng(seed))
 
-    # --- parameters ---------------------------------------------------------------------------
+    # --- parameters and state ----------------------------------------------------------------
     def parameters(self) -> dict[str, np.ndarray]:
-        """Every parameter array by its weights-file key, e.g. '0.W' (layer index, attribute)."""
+        """Every trainable array by its weights-file key, e.g. '0.W' (layer index, attribute): what the
+        optimizer updates."""
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
 
     def gradients(self) -> dict[str, np.ndarray]:
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The parameters and the untrained buffers (e.g. '3.running_mean'): the whole model, as a
+        weights file holds it. Save, hash, copy and restore this; the optimizer sees `parameters()`."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+                for k, v in (*layer.params.items(), *layer.buffers.items())}
+
     def set_parameters(self, arrays: dict[str, np.ndarray]) -> None:
-        """Copy arrays into the network, checking that keys, shapes and dtypes match the spec."""
-        own = self.parameters()
+        """Copy the trainable arrays into the network, checking that keys, shapes and dtypes match the spec."""
+        self._copy_in(arrays, buffers=False)
+
+    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy a whole `state()` (parameters and buffers) in, with the checks of `set_parameters`."""
+        self._copy_in(arrays, buffers=True)
+
+    def _copy_in(self, arrays: dict[str, np.ndarray], buffers: bool) -> None:
+        """Check every array before copying any, so a bad one leaves the network as it was."""
+        own: dict[str, tuple[Layer, str, np.ndarray, str]] = {}  # key -> (layer, name, target, what)
+        for i, layer in enumerate(self.layers):
+            for what, named in (("parameter", layer.params), ("buffer", layer.buffers if buffers else {})):
+                own.update({f"{i}.{name}": (layer, name, target, what) for name, target in named.items()})
         check_keys(own, arrays, "the architecture")
-        for key, target in own.items():
+        for key, (layer, name, target, what) in own.items():
             value = arrays[key]
             if value.dtype.kind != "f":
-                raise ValueError(f"parameter {key!r} has dtype {value.dtype}, not floating point")
+                raise ValueError(f"{what} {key!r} has dtype {value.dtype}, not floating point")
             if value.shape != target.shape:
-                raise ValueError(f"parameter {key!r} has shape {value.shape}, the architecture needs {target.shape}")
+                raise ValueError(f"{what} {key!r} has shape {value.shape}, the architecture needs {target.shape}")
             if not np.all(np.isfinite(value)):
-                raise ValueError(f"parameter {key!r} holds NaN or infinity")
-            target[...] = value
+                raise ValueError(f"{what} {key!r} holds NaN or infinity")
+            problem = layer.array_problem(name, value)
+            if problem:
+                raise ValueError(f"{what} {key!r} {problem}")
+        for key, (_, _, target, _) in own.items():
+            target[...] = arrays[key]
 
     def weight_keys(self) -> list[str]:
         """Keys that the L2 penalty applies to: weight matrices, not biases."""
@@ -162,16 +185,20 @@ class Network:
         """d log p(class) / d pixels for each row of X: (N, 784), the saliency of each pixel.
 
         Positive where more ink would make the class more likely. Runs the inference network (no
-        dropout) with the caches that backward needs, and skips the parameter gradients.
+        dropout, batch normalisation by its running statistics, left unchanged) with the caches that
+        backward needs, and skips the parameter gradients.
         """
         X = np.asarray(X)
         X = (X if X.dtype == np.float64 else X.astype(DTYPE)).reshape(len(X), -1)  # float64 for gradient checks
         dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
+        norms = [layer for layer in self.layers if isinstance(layer, BatchNorm)]
         first = next((layer for layer in self.layers if layer.params), None)
         rates = [layer.rate for layer in dropouts]
         try:
             for layer in dropouts:
                 layer.rate = 0.0
+            for layer in norms:
+                layer.use_running_stats = True
             for layer in self.layers:
                 layer.param_grads = False
             if first is not None:
@@ -187,6 +214,8 @@ class Network:
         finally:
             for layer, rate in zip(dropouts, rates):
                 layer.rate = rate
+            for layer in norms:
+                layer.use_running_stats = False
             for layer in self.layers:
                 layer.param_grads = True
             if first is not None:
@@ -196,8 +225,8 @@ class Network:
 class Ensemble:
     """Several networks whose probabilities are averaged; the same interface as `Network`.
 
-    Its spec is {"name": "ensemble", "members": [member spec, ...]} and its parameters are the members'
-    under "m<i>." prefixes, so one weights file holds the whole ensemble.
+    Its spec is {"name": "ensemble", "members": [member spec, ...]} and its parameters (and state) are
+    the members' under "m<i>." prefixes, so one weights file holds the whole ensemble.
     """
 
     def __init__(self, spec: dict, rng: np.random.Generator | None = None) -> None:
@@ -221,11 +250,20 @@ class Ensemble:
     def parameters(self) -> dict[str, np.ndarray]:
         return {f"m{i}.{k}": v for i, m in enumerate(self.members) for k, v in m.parameters().items()}
 
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"m{i}.{k}": v for i, m in enumerate(self.members) for k, v in m.state().items()}
+
     def set_parameters(self, arrays: dict[str, np.ndarray]) -> None:
         check_keys(self.parameters(), arrays, "the ensemble")
         for i, member in enumerate(self.members):
             prefix = f"m{i}."
             member.set_parameters({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+
+    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        check_keys(self.state(), arrays, "the ensemble")
+        for i, member in enumerate(self.members):
+            prefix = f"m{i}."
+            member.set_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
 
     def predict_proba(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """The members' probabilities, averaged."""

@@ -193,13 +193,13 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
                   "learning_rate": optimizer.learning_rate, "seconds": epoch_seconds}
         history.append(record)
         if not len(y_val) or val_acc > best[0]:
-            best = (val_acc, epoch, {k: v.copy() for k, v in network.parameters().items()})
+            best = (val_acc, epoch, {k: v.copy() for k, v in network.state().items()})  # buffers too
         if on_progress is not None:
             on_progress(Progress(epoch, recipe.epochs, n_steps, n_steps, record["loss"],
                                  n / epoch_seconds, val_acc, epoch_done=True))
         if not per_step_rate:
             optimizer.learning_rate *= recipe.lr_decay
-    network.set_parameters(best[2])
+    network.set_state(best[2])
     return TrainResult(network, best[1], best[0], history, time.perf_counter() - started)
 
 

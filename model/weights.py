@@ -1,4 +1,4 @@
-"""Save and load a model as one `.npz`: parameter arrays plus a JSON `meta` entry.
+"""Save and load a model as one `.npz`: its state arrays (parameters and buffers) plus a JSON `meta` entry.
 
 Loading uses allow_pickle=False, rebuilds the network from the spec in `meta` and checks every array
 against it; anything wrong raises WeightsError naming the file. Writes are atomic (temp file, rename).
@@ -55,7 +55,7 @@ class Model:
 
 
 def make_version(architecture_name: str, arrays: dict[str, np.ndarray], created_at: datetime) -> str:
-    """A readable, unique model version: architecture, UTC time and a hash of the parameters."""
+    """A readable, unique model version: architecture, UTC time and a hash of the arrays (`state()`)."""
     digest = hashlib.sha256()
     for key in sorted(arrays):
         digest.update(key.encode())
@@ -69,7 +69,7 @@ def save_model(path: Path, network: Network | Ensemble, meta: dict) -> dict:
     Returns the full metadata as written.
     """
     path = Path(path)
-    arrays = network.parameters()
+    arrays = network.state()  # parameters and buffers: what a file needs to predict
     created = datetime.now(timezone.utc).replace(microsecond=0)
     full_meta = {
         "created_at": created.isoformat(),
@@ -151,7 +151,7 @@ def load_model(path: Path) -> Model:
             meta = _parse_meta(npz, path)
             arrays = {key: npz[key] for key in npz.files if key != META_KEY}
         network = build_network(meta["architecture"])
-        network.set_parameters(arrays)
+        network.set_state(arrays)
     except WeightsError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
