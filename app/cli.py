@@ -53,7 +53,8 @@ def cmd_train(args) -> int:
     from model.data import load_mnist
     from model.pipeline import train_and_save
     from model.registry import set_active
-    from model.train import recipe_for
+    from model.checkpoint import load_checkpoint
+    from model.train import member_checkpoint, recipe_for
 
     recipe = recipe_for(args.arch, epochs=args.epochs, batch_size=args.batch_size,
                     learning_rate=args.learning_rate, lr_decay=args.lr_decay, momentum=args.momentum,
@@ -75,8 +76,15 @@ def cmd_train(args) -> int:
 
     out = Path(args.out) if args.out else None
     tmp_out = out or Path(args.weights_dir) / f".training-{os.getpid()}.npz"
-    meta = train_and_save(recipe, data, tmp_out, on_progress)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is not None and checkpoint.exists():
+        done = load_checkpoint(checkpoint).epoch  # CheckpointError (unreadable) ends the command here
+        tqdm.write(f"resuming from {checkpoint}: {done} of {recipe.epochs} epochs done")
+    meta = train_and_save(recipe, data, tmp_out, on_progress, checkpoint=checkpoint)
     bar.close()
+    if checkpoint is not None:  # the weights file is written: the run's state is no longer needed
+        for path in [checkpoint, *(member_checkpoint(checkpoint, i) for i in range(recipe.members))]:
+            path.unlink(missing_ok=True)
     if out is None:
         out = tmp_out.with_name(f"{meta['version']}.npz")
         os.replace(tmp_out, out)
@@ -218,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weights-dir", default="weights", help="where the versioned file goes")
     train.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")
     train.add_argument("--activate", action="store_true", help="make it the model the service loads")
+    train.add_argument("--checkpoint", metavar="PATH",
+                       help="save the training state to PATH after every epoch and, if PATH exists, resume "
+                            "from it (same options and data; bit for bit the run it continues); removed once "
+                            "the weights file is written")
     train.set_defaults(func=cmd_train)
 
     calibrate = sub.add_parser("calibrate", help="fit a saved model's temperature and 'not sure' threshold")

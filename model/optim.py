@@ -17,6 +17,15 @@ class SGD:
         self.nesterov = nesterov
         self._velocity: dict[str, np.ndarray] = {}
 
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(scalars, arrays) that `load_state` restores: the rate and the velocity, for checkpoints."""
+        return {"learning_rate": self.learning_rate}, {f"velocity/{k}": v for k, v in self._velocity.items()}
+
+    def load_state(self, scalars: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.learning_rate = float(scalars["learning_rate"])
+        self._velocity = {k.removeprefix("velocity/"): np.array(v) for k, v in arrays.items()
+                          if k.startswith("velocity/")}
+
     @property
     def gradient_scale(self) -> float:
         """What to scale the loss gradient by before back-propagation (`Network.loss_and_gradients`):
@@ -75,6 +84,16 @@ class Adam:
         self.t = 0
 
     gradient_scale = 1.0  # Adam wants plain gradients (see SGD.gradient_scale)
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(scalars, arrays) that `load_state` restores: rate, step count and both moments."""
+        arrays = {**{f"m/{k}": v for k, v in self._m.items()}, **{f"v/{k}": v for k, v in self._v.items()}}
+        return {"learning_rate": self.learning_rate, "t": self.t}, arrays
+
+    def load_state(self, scalars: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.learning_rate, self.t = float(scalars["learning_rate"]), int(scalars["t"])
+        self._m = {k[2:]: np.array(v) for k, v in arrays.items() if k.startswith("m/")}
+        self._v = {k[2:]: np.array(v) for k, v in arrays.items() if k.startswith("v/")}
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
              weight_decay: dict[str, float] | None = None, gradient_scale: float = 1.0) -> None:

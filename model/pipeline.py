@@ -66,17 +66,19 @@ def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
                    on_progress: Callable[[Progress], None] | None = None,
                    should_stop: Callable[[], bool] | None = None,
                    extra_meta: dict | None = None,
-                   feedback: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                   feedback: tuple[np.ndarray, np.ndarray] | None = None,
+                   checkpoint: Path | None = None) -> dict:
     """Train, report test accuracy (never used for choices), save atomically; returns the metadata.
 
     `feedback` (X (N, 784), y (N,)) is users' labelled drawings: mixed in, with accuracy on a held-out
-    part reported separately from MNIST's.
+    part reported separately from MNIST's. `checkpoint`: see `model.train.train`.
     """
     X_train, y_train = data.X_train, data.y_train
     X_fb_held = y_fb_held = None
     if feedback is not None and len(feedback[1]):
         X_train, y_train, X_fb_held, y_fb_held = mix_feedback(X_train, y_train, *feedback, seed=recipe.seed)
-    result = train(recipe, X_train, y_train, data.X_val, data.y_val, on_progress, should_stop)
+    result = train(recipe, X_train, y_train, data.X_val, data.y_val, on_progress=on_progress, should_stop=should_stop,
+                   checkpoint=checkpoint)
     metrics = {
         "val_accuracy": result.val_accuracy,
         "test_accuracy": accuracy(result.network, data.X_test, data.y_test),

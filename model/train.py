@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from model.augment import Augmentation, augment
+from model.checkpoint import Checkpoint, check_resumable, data_fingerprint, load_checkpoint, save_checkpoint
 from model.network import ARCHITECTURES, Ensemble, Network
 from model.optim import SGD, Adam
 
@@ -139,17 +141,31 @@ def accuracy(network: Network, X: np.ndarray, y: np.ndarray) -> float:
     return float((network.predict(X) == y).mean()) if len(y) else float("nan")
 
 
+def generators(network: Network, shuffle: np.random.Generator, augmentation: np.random.Generator
+               ) -> dict[str, np.random.Generator]:
+    """Every random generator a training run draws from, by a stable name (what a checkpoint keeps)."""
+    found = {"shuffle": shuffle, "augment": augmentation}
+    for i, layer in enumerate(network.layers):
+        if isinstance(getattr(layer, "rng", None), np.random.Generator):
+            found[f"layer{i}"] = layer.rng
+    return found
+
+
 def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
           on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
-          report_every: int = 20) -> TrainResult:
+          report_every: int = 20, checkpoint: Path | None = None) -> TrainResult:
     """Train the recipe's architecture; keep the parameters of the epoch with the best validation accuracy.
 
     X_*: (N, 784) float32 in [0, 1]; y_*: (N,) int. With no validation data the last epoch is kept.
+    With `checkpoint`, the whole training state is written there (atomically) after every epoch, and a
+    run whose checkpoint exists goes on from it (`model.checkpoint`): the result is the same, bit for
+    bit, as an uninterrupted run. A checkpoint of another recipe or other data raises CheckpointError.
     """
     recipe.validate()
     if recipe.architecture == ENSEMBLE:
-        return train_ensemble(recipe, X_train, y_train, X_val, y_val, on_progress, should_stop, report_every)
+        return train_ensemble(recipe, X_train, y_train, X_val, y_val, on_progress, should_stop, report_every,
+                              checkpoint)
     rng = np.random.default_rng(recipe.seed)
     network = Network.from_architecture(recipe.architecture, seed=int(rng.integers(2**31)))
     optimizer = (SGD(recipe.learning_rate, recipe.momentum) if recipe.optimizer == "sgd"
@@ -165,8 +181,20 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
     per_step_rate = recipe.schedule != "exponential" or recipe.warmup_epochs > 0
     best = (-1.0, 0, None)
     history: list[dict] = []
+    first_epoch, seconds_before = 1, 0.0
+    rngs = generators(network, rng, aug_rng)
+    fingerprint = data_fingerprint(X_train, y_train, X_val, y_val) if checkpoint is not None else ""
+    if checkpoint is not None and Path(checkpoint).exists():
+        ckpt = load_checkpoint(checkpoint)
+        check_resumable(checkpoint, ckpt, recipe.to_dict(), fingerprint)
+        network.set_state(ckpt.network)
+        optimizer.load_state(*ckpt.optimizer)
+        for name, generator in rngs.items():
+            generator.bit_generator.state = ckpt.rng_states[name]
+        best = (ckpt.best_accuracy, ckpt.best_epoch, ckpt.best)
+        history, first_epoch, seconds_before = ckpt.history, ckpt.epoch + 1, ckpt.seconds
     started = time.perf_counter()
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch in range(first_epoch, recipe.epochs + 1):
         order = rng.permutation(n)
         epoch_start, loss_sum = time.perf_counter(), 0.0
         for step in range(n_steps):
@@ -199,14 +227,25 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
                                  n / epoch_seconds, val_acc, epoch_done=True))
         if not per_step_rate:
             optimizer.learning_rate *= recipe.lr_decay
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, Checkpoint(
+                recipe.to_dict(), fingerprint, epoch, network.state(), best[2], best[0], best[1], history,
+                optimizer.state(), {name: g.bit_generator.state for name, g in rngs.items()},
+                seconds_before + time.perf_counter() - started))
     network.set_state(best[2])
-    return TrainResult(network, best[1], best[0], history, time.perf_counter() - started)
+    return TrainResult(network, best[1], best[0], history, seconds_before + time.perf_counter() - started)
+
+
+def member_checkpoint(checkpoint: Path, i: int) -> Path:
+    """Where member i of an ensemble run keeps its checkpoint: beside `checkpoint`, numbered."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.member{i}{checkpoint.suffix or '.npz'}")
 
 
 def train_ensemble(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
                    on_progress: Callable[[Progress], None] | None = None,
                    should_stop: Callable[[], bool] | None = None,
-                   report_every: int = 20) -> TrainResult:
+                   report_every: int = 20, checkpoint: Path | None = None) -> TrainResult:
     """Train `recipe.members` networks of `recipe.member_architecture` one after another (seeds seed,
     seed+1, ...; each keeps its own best validation epoch) and average them. Progress counts the
     members' epochs as one run: member i's epoch e is epoch i * epochs + e of members * epochs."""
@@ -218,7 +257,8 @@ def train_ensemble(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_v
             if on_progress is not None:
                 on_progress(replace(p, epoch=offset + p.epoch, n_epochs=recipe.members * E))
 
-        result = train(member, X_train, y_train, X_val, y_val, forward, should_stop, report_every)
+        result = train(member, X_train, y_train, X_val, y_val, forward, should_stop, report_every,
+                       None if checkpoint is None else member_checkpoint(checkpoint, i))
         networks.append(result.network)
         history += [{**record, "member": i, "epoch": i * E + record["epoch"]} for record in result.history]
         seconds += result.seconds

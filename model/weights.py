@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.atomic import savez_atomically
 from model.calibrate import scaled_probabilities
 from model.network import Ensemble, Network, build_network
 
@@ -81,18 +80,7 @@ def save_model(path: Path, network: Network | Ensemble, meta: dict) -> dict:
     for key in REQUIRED_META:
         if key not in full_meta:
             raise ValueError(f"metadata needs {key!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays, **{META_KEY: np.array(json.dumps(full_meta, sort_keys=True))})
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users (a container's app user) must read it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    savez_atomically(path, {**arrays, META_KEY: np.array(json.dumps(full_meta, sort_keys=True))})
     return full_meta
 
 

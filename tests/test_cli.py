@@ -119,6 +119,50 @@ def test_train_twice_with_the_same_seed_gives_the_same_weights(small_dataset, tm
         np.testing.assert_array_equal(P, b.network.parameters()[key])
 
 
+def test_train_with_checkpoint_resumes_a_stopped_run_and_removes_it_when_done(small_dataset, tmp_path, capsys,
+                                                                             monkeypatch):
+    from model import train as train_module
+    ckpt = tmp_path / "run.ckpt.npz"
+    flags = ["--epochs", "3", "--batch-size", "50", "--seed", "4", "--checkpoint", str(ckpt)]
+    assert main(["train", *flags, "--out", str(tmp_path / "straight.npz")]) == 0
+    assert not ckpt.exists()  # removed once the weights file is written
+
+    real_train = train_module.train
+
+    def stopped_in_epoch_two(*args, **kwargs):
+        calls = []
+        kwargs["should_stop"] = lambda: calls.append(1) or len(calls) > 6  # 4 steps an epoch
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr("model.pipeline.train", stopped_in_epoch_two)
+    with pytest.raises(train_module.TrainingCancelled):
+        main(["train", *flags, "--out", str(tmp_path / "resumed.npz")])
+    assert ckpt.exists()
+    monkeypatch.setattr("model.pipeline.train", real_train)
+    capsys.readouterr()
+    assert main(["train", *flags, "--out", str(tmp_path / "resumed.npz")]) == 0
+    assert f"resuming from {ckpt}: 1 of 3 epochs done" in capsys.readouterr().out
+    straight, resumed = load_model(tmp_path / "straight.npz"), load_model(tmp_path / "resumed.npz")
+    for key, P in straight.network.parameters().items():
+        np.testing.assert_array_equal(resumed.network.parameters()[key], P, err_msg=key)
+    assert not ckpt.exists()
+
+
+def test_train_with_another_recipes_checkpoint_exits_2_saying_what_differs(small_dataset, tmp_path, capsys,
+                                                                          monkeypatch):
+    from model import train as train_module
+    ckpt = tmp_path / "run.ckpt.npz"
+    real_train = train_module.train
+    monkeypatch.setattr("model.pipeline.train", lambda *a, **k: real_train(
+        *a, **{**k, "should_stop": (lambda calls=[]: calls.append(1) or len(calls) > 5)}))
+    with pytest.raises(train_module.TrainingCancelled):
+        main(["train", *TRAIN_FLAGS, "--epochs", "2", "--checkpoint", str(ckpt), "--weights-dir", str(tmp_path)])
+    monkeypatch.setattr("model.pipeline.train", real_train)
+    assert main(["train", *TRAIN_FLAGS, "--epochs", "3", "--checkpoint", str(ckpt), "--weights-dir",
+                 str(tmp_path)]) == 2
+    assert "another recipe (epochs: 2 there, 3 here)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--epochs", "0"], "epochs must be at least 1"),
     (["--learning-rate", "-1"], "learning_rate must be positive"),
