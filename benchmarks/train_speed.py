@@ -72,6 +72,7 @@ FLOPS_PER_SAMPLE = {
     "seed": dense_stack_flops,
     "mlp": dense_stack_flops,
     "cnn": layer_stack_flops,
+    "cnn_bn": layer_stack_flops,  # batch normalisation is elementwise: the same count as the cnn
 }
 
 

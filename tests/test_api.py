@@ -329,7 +329,7 @@ def test_without_a_token_training_answers_only_loopback_clients(weights_dir):
     ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
     ({"epochs": 1000}, "epochs: Input should be less than or equal to 200"),
     ({"learning_rate": -1}, "learning_rate: Input should be greater than 0"),
-    ({"architecture": "resnet"}, "architecture: unknown architecture 'resnet'; choose one of seed, mlp, cnn, ensemble"),
+    ({"architecture": "resnet"}, "architecture: unknown architecture 'resnet'; choose one of seed, mlp, cnn, cnn_bn, ensemble"),
     ({"promote": "sometimes"}, "promote: Input should be 'if_better' or 'always'"),
     ({"validation_size": 10}, "validation_size: Input should be greater than or equal to 1000"),
     ({"batchsize": 10}, "batchsize: Extra inputs are not permitted"),
@@ -369,7 +369,7 @@ def test_feedback_is_stored_and_summarised(client):
 
 def test_architectures_lists_what_a_recipe_may_name(client):
     body = client.get("/architectures").json()
-    assert body["architectures"] == ["seed", "mlp", "cnn", "ensemble"]
+    assert body["architectures"] == ["seed", "mlp", "cnn", "cnn_bn", "ensemble"]
     assert body["recipes"]["cnn"]["augment"] is True and body["recipes"]["cnn"]["schedule"] == "cosine"
     assert body["recipes"]["seed"] == body["default_recipe"]
     assert body["default_recipe"]["architecture"] == "seed"

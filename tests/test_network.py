@@ -167,7 +167,7 @@ def test_a_bad_spec_raises_value_error(spec, message):
 
 
 def test_an_unknown_architecture_name_raises_value_error_listing_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: \('seed', 'mlp', 'cnn'\)"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: \('seed', 'mlp', 'cnn', 'cnn_bn'\)"):
         Network.from_architecture("resnet")
 
 
