@@ -71,8 +71,10 @@ def test_repeated_large_temporaries_fault_in_no_fresh_pages(script):
     untuned, tuned = faults_before_and_after(script)
     # Usually 0 once blocks are kept (from ~120 per canvas, ~1,500-3,000 per cnn step); the kernel's own
     # page housekeeping on a busy machine can add a few hundred to a step now and then, so the check is
-    # against the untuned count rather than zero.
-    assert tuned < untuned / 4, f"{tuned} page faults per call with freed blocks kept (before: {untuned})"
+    # against the untuned count rather than zero. Where glibc's own adaptive threshold already keeps
+    # the blocks untuned (seen with some Pillow builds: 0.02 faults per canvas), under one fault per
+    # call is the same claim.
+    assert tuned < max(untuned / 4, 1.0), f"{tuned} page faults per call with freed blocks kept (before: {untuned})"
 
 
 @pytest.mark.parametrize("largest, keep", [(0, 2**20), (-5, 2**20), (2**21, 2**20), (2**20, 2**31)])
