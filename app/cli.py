@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
     from model.pipeline import train_and_save
     from model.registry import set_active
     from model.checkpoint import load_checkpoint
-    from model.train import member_checkpoint, recipe_for
+    from model.train import checkpoint_files, recipe_for
 
     recipe = recipe_for(args.arch, epochs=args.epochs, batch_size=args.batch_size,
                     learning_rate=args.learning_rate, lr_decay=args.lr_decay, momentum=args.momentum,
@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
     meta = train_and_save(recipe, data, tmp_out, on_progress, checkpoint=checkpoint)
     bar.close()
     if checkpoint is not None:  # the weights file is written: the run's state is no longer needed
-        for path in [checkpoint, *(member_checkpoint(checkpoint, i) for i in range(recipe.members))]:
+        for path in checkpoint_files(checkpoint, recipe):
             path.unlink(missing_ok=True)
     if out is None:
         out = tmp_out.with_name(f"{meta['version']}.npz")

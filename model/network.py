@@ -269,16 +269,18 @@ class Ensemble:
         return {f"m{i}.{k}": v for i, m in enumerate(self.members) for k, v in m.state().items()}
 
     def set_parameters(self, arrays: dict[str, np.ndarray]) -> None:
-        check_keys(self.parameters(), arrays, "the ensemble")
-        for i, member in enumerate(self.members):
-            prefix = f"m{i}."
-            member.set_parameters({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        self._copy_in(arrays, buffers=False)
 
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        check_keys(self.state(), arrays, "the ensemble")
+        self._copy_in(arrays, buffers=True)
+
+    def _copy_in(self, arrays: dict[str, np.ndarray], buffers: bool) -> None:
+        """Each member's "m<i>."-prefixed arrays to its `set_state` (or `set_parameters`)."""
+        check_keys(self.state() if buffers else self.parameters(), arrays, "the ensemble")
         for i, member in enumerate(self.members):
             prefix = f"m{i}."
-            member.set_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+            own = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            (member.set_state if buffers else member.set_parameters)(own)
 
     def predict_proba(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """The members' probabilities, averaged."""

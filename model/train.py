@@ -244,6 +244,13 @@ def member_checkpoint(checkpoint: Path, i: int) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.member{i}{checkpoint.suffix or '.npz'}")
 
 
+def checkpoint_files(checkpoint: Path, recipe: Recipe) -> list[Path]:
+    """Every file a run of `recipe` with `checkpoint` may write: the path, or one per ensemble member."""
+    if recipe.architecture == ENSEMBLE:
+        return [member_checkpoint(checkpoint, i) for i in range(recipe.members)]
+    return [Path(checkpoint)]
+
+
 def train_ensemble(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
                    on_progress: Callable[[Progress], None] | None = None,
                    should_stop: Callable[[], bool] | None = None,
