@@ -15,6 +15,10 @@ from PIL import Image, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_SIDE = 4096  # a 1 x 4,000,000 strip passes the pixel limit but costs ~1 GB to resample
+# Pillow warns (and at twice the size raises) on images over Image.MAX_IMAGE_PIXELS. `decode_image`
+# refuses far smaller ones itself, with a 413 that names the limit, so the warning adds nothing; and
+# `warnings.catch_warnings` to turn it into an error is not thread-safe, while decoding runs in threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?:;[\w=.-]+)*?(?P<b64>;base64)?,", re.ASCII)
 
 
@@ -46,23 +50,21 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     if not data:
         raise ImageError("the image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in FORMATS:
-                raise ImageError(f"the image is {img.format}; send PNG, JPEG or WebP", status=415)
-            width, height = img.size
-            if max(width, height) > MAX_SIDE:
-                raise ImageError(f"the image is {width}x{height} pixels; neither side may exceed {MAX_SIDE} "
-                                 f"pixels, scale it down", status=413)
-            if width * height > max_pixels:
-                raise ImageError(f"the image is {width}x{height} pixels, over the limit of {max_pixels} "
-                                 f"pixels; scale it down", status=413)
-            img.load()
-            return np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
+        img = Image.open(io.BytesIO(data))
+        if img.format not in FORMATS:
+            raise ImageError(f"the image is {img.format}; send PNG, JPEG or WebP", status=415)
+        width, height = img.size
+        if max(width, height) > MAX_SIDE:
+            raise ImageError(f"the image is {width}x{height} pixels; neither side may exceed {MAX_SIDE} "
+                             f"pixels, scale it down", status=413)
+        if width * height > max_pixels:
+            raise ImageError(f"the image is {width}x{height} pixels, over the limit of {max_pixels} "
+                             f"pixels; scale it down", status=413)
+        img.load()
+        return np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ImageError("the data is not a PNG, JPEG or WebP image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"the image is corrupt or truncated ({exc})") from exc

@@ -99,6 +99,29 @@ class Store:
                 raise
         return job_id
 
+    def resume_job(self, job_id: str) -> None:
+        """Queue an interrupted job again, under its id and recipe (atomically). Raises JobConflict if
+        another job is queued or running, ValueError if this one was not interrupted."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._expire_dead(db)
+                row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None or row["status"] != "interrupted":
+                    raise ValueError(f"job {job_id} is {row['status'] if row else 'unknown'}; only an "
+                                     f"interrupted job can be resumed")
+                row = db.execute("SELECT id FROM jobs WHERE status IN (?, ?)", ACTIVE_STATES).fetchone()
+                if row:
+                    raise JobConflict(row["id"])
+                # heartbeat: when it was queued again (a queued job with no process expires after
+                # QUEUE_GRACE_S from this); started_at stays, so it is still the same run
+                db.execute("UPDATE jobs SET status = 'queued', pid = NULL, heartbeat = ?, finished_at = NULL, "
+                           "error = NULL, cancel_requested = 0 WHERE id = ?", (time.time(), job_id))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
     def update_job(self, job_id: str, **fields) -> None:
         """Set columns; dicts and lists are stored as JSON."""
         if not fields:
@@ -159,7 +182,7 @@ class Store:
         for row in db.execute("SELECT id, status, pid, created_at, heartbeat FROM jobs WHERE status IN (?, ?)",
                               ACTIVE_STATES).fetchall():
             if row["pid"] is None:
-                dead = now - row["created_at"] > QUEUE_GRACE_S
+                dead = now - (row["heartbeat"] or row["created_at"]) > QUEUE_GRACE_S
             else:
                 dead = not process_alive(row["pid"]) or now - (row["heartbeat"] or now) > HEARTBEAT_GRACE_S
             if dead:
@@ -192,12 +215,24 @@ class Store:
         return {"total": total, "model_right": right,
                 "model_accuracy": right / total if total else None, "per_label": per_label}
 
-    def feedback_samples(self) -> tuple[np.ndarray, np.ndarray]:
-        """All feedback as X (N, 784) float32 and y (N,) int64, oldest first."""
+    def feedback_samples(self, before: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Feedback as X (N, 784) float32 and y (N,) int64, oldest first: all of it, or what was sent
+        before the time `before` (a job's start, so that a resumed job trains on the same samples)."""
         with self._connect() as db:
-            rows = db.execute("SELECT label, pixels FROM feedback ORDER BY id").fetchall()
+            rows = db.execute("SELECT label, pixels FROM feedback WHERE created_at < ? ORDER BY id",
+                              (float("inf") if before is None else before,)).fetchall()
         X = np.array([np.frombuffer(r["pixels"], dtype=np.float32) for r in rows], dtype=np.float32)
         return X.reshape(-1, 784), np.array([r["label"] for r in rows], dtype=np.int64)
+
+
+def job_checkpoints(weights_dir: Path, job_id: str) -> list[Path]:
+    """The training checkpoints a job's process keeps beside the models (one per ensemble member)."""
+    return sorted(Path(weights_dir).glob(f".job-{job_id}.ckpt*.npz"))
+
+
+def job_checkpoint(weights_dir: Path, job_id: str) -> Path:
+    """Where a job's process checkpoints its training after every epoch (`model.train.train`)."""
+    return Path(weights_dir) / f".job-{job_id}.ckpt.npz"
 
 
 def process_alive(pid: int) -> bool:

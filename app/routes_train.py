@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from app.jobs import FINAL_STATES, JobConflict
+from app.jobs import FINAL_STATES, JobConflict, job_checkpoints
 from app.schemas import JobCreated, TrainRequest
 from model.data import DataError, FILES, find_file
 from model.registry import active_path, list_models, set_active
@@ -42,9 +42,10 @@ def require_admin(request: Request) -> None:
                                  "sets DIGITS_ADMIN_TOKEN")
 
 
-def job_view(job: dict) -> dict:
-    """What clients see of a job: status, progress, ETA, curves, outcome."""
+def job_view(job: dict, weights_dir: Path) -> dict:
+    """What clients see of a job: status, progress, ETA, curves, outcome, and whether it can resume."""
     progress = job["progress"] or {}
+    interrupted = job["status"] == "interrupted"
     return {
         "job_id": job["id"], "status": job["status"], "recipe": job["recipe"],
         "created_at": job["created_at"], "started_at": job["started_at"], "finished_at": job["finished_at"],
@@ -56,6 +57,9 @@ def job_view(job: dict) -> dict:
         "history": job["history"] or [], "curve": job["curve"] or [],
         "metrics": job["metrics"], "model_version": job["model_version"], "promoted": job["promoted"],
         "decision": job["decision"], "error": job["error"], "cancel_requested": job["cancel_requested"],
+        # POST /train/{id}/resume: from the last finished epoch when a checkpoint was written, else anew
+        "resumable": interrupted,
+        "checkpointed": interrupted and bool(job_checkpoints(weights_dir, job["id"])),
     }
 
 
@@ -94,36 +98,65 @@ def start_training(request: Request, response: Response, recipe: TrainRequest | 
     """Start retraining in the background; follow it at the Location given."""
     recipe = recipe or TrainRequest()
     settings = request.app.state.settings
-    try:
-        for stem in FILES.values():
-            find_file(settings.mnist_dir, stem)
-    except DataError as exc:
-        raise HTTPException(503, f"the server has no MNIST data: {exc}") from exc
+    require_mnist(settings)
     store = request.app.state.store
     try:
         job_id = store.create_job(recipe.model_dump())
     except JobConflict as exc:
         raise HTTPException(409, f"job {exc.job_id} is already training; follow /train/{exc.job_id} or "
                                  f"cancel it with DELETE /train/{exc.job_id}") from exc
+    launch(request, response, job_id)
+    return JobCreated(job_id=job_id, status="queued")
+
+
+@router.post("/train/{job_id}/resume", status_code=202, response_model=JobCreated,
+             dependencies=[Depends(require_admin)],
+             responses={409: {"description": "the job was not interrupted, or another job is training"},
+                        503: {"description": "MNIST is not available to the server"}})
+def resume_training(request: Request, response: Response, job: dict = Depends(existing_job)) -> JobCreated:
+    """Go on with an interrupted job (its process was killed, or the machine went down): same id and
+    recipe, from its last finished epoch (`checkpointed`), or from the start if none had finished."""
+    require_mnist(request.app.state.settings)
+    try:
+        request.app.state.store.resume_job(job["id"])
+    except JobConflict as exc:
+        raise HTTPException(409, f"job {exc.job_id} is training; wait for it or cancel it with "
+                                 f"DELETE /train/{exc.job_id}") from exc
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    launch(request, response, job["id"])
+    return JobCreated(job_id=job["id"], status="queued")
+
+
+def require_mnist(settings) -> None:
+    try:
+        for stem in FILES.values():
+            find_file(settings.mnist_dir, stem)
+    except DataError as exc:
+        raise HTTPException(503, f"the server has no MNIST data: {exc}") from exc
+
+
+def launch(request: Request, response: Response, job_id: str) -> None:
+    """Start the queued job's process; a process that cannot start fails the job with the reason."""
     try:
         request.app.state.children.append(start_worker(request, job_id))
     except OSError as exc:
-        store.finish_job(job_id, "failed", error=f"could not start the training process: {exc}")
+        request.app.state.store.finish_job(job_id, "failed", error=f"could not start the training process: {exc}")
         raise HTTPException(503, f"could not start the training process: {exc}") from exc
     response.headers["Location"] = f"/train/{job_id}"
-    return JobCreated(job_id=job_id, status="queued")
 
 
 @router.get("/train")
 def list_training_jobs(request: Request) -> dict:
     """Recent jobs, newest first."""
-    return {"jobs": [job_view(job) for job in request.app.state.store.list_jobs()]}
+    weights_dir = request.app.state.settings.weights_dir
+    return {"jobs": [job_view(job, weights_dir) for job in request.app.state.store.list_jobs()]}
 
 
 @router.get("/train/{job_id}")
-def training_job(job: dict = Depends(existing_job)) -> dict:
+def training_job(request: Request, job: dict = Depends(existing_job)) -> dict:
     """Status, epoch and step, progress and ETA, loss and validation history, and the outcome."""
-    return job_view(job)
+    return job_view(job, request.app.state.settings.weights_dir)
 
 
 @router.get("/train/{job_id}/events", response_class=EventSourceResponse)
@@ -131,7 +164,7 @@ async def training_events(request: Request, job: dict = Depends(existing_job)):
     """The job's state as Server-Sent Events (`progress`, then one `done`), until it ends."""
     store, last, n_sent = request.app.state.store, None, 0
     while True:
-        view = job_view(job)
+        view = job_view(job, request.app.state.settings.weights_dir)
         final = job["status"] in FINAL_STATES
         if view != last:
             n_sent += 1
@@ -150,7 +183,7 @@ def cancel_training(request: Request, job: dict = Depends(existing_job)) -> dict
     if job["status"] in FINAL_STATES:
         raise HTTPException(409, f"job {job['id']} has already ended ({job['status']})")
     request.app.state.store.request_cancel(job["id"])  # the worker polls it every 0.2 s
-    return job_view(request.app.state.store.get_job(job["id"]))
+    return job_view(request.app.state.store.get_job(job["id"]), request.app.state.settings.weights_dir)
 
 
 @router.get("/models", tags=["model"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from app.jobs import Store
+from app.jobs import Store, job_checkpoint, job_checkpoints
 from model.data import load_mnist
 from model.memory import TRAINING, keep_freed_memory
 from model.pipeline import train_and_save
@@ -54,11 +54,15 @@ def promotion_decision(candidate: dict, weights_dir: Path, policy: str, X_val, y
 class JobReporter:
     """Turns the training loop's callbacks into throttled writes to the store, and answers `should_stop`."""
 
-    def __init__(self, store: Store, job_id: str) -> None:
+    def __init__(self, store: Store, job_id: str, curve: list | None = None, history: list | None = None) -> None:
         self.store, self.job_id = store, job_id
         self.started = time.time()
-        self.curve: list[dict] = []
-        self.history: list[dict] = []
+        # a resumed job goes on with the curves drawn so far; what came after its checkpoint is redone
+        # and replaced as the new progress arrives (on_progress)
+        self.curve: list[dict] = list(curve or [])
+        self.history: list[dict] = list(history or [])
+        self.resumed = curve is not None
+        self._origin: tuple[float, float] | None = None  # a resumed job's first (time, fraction), for its ETA
         self._last_write = self._last_poll = 0.0
         self._stop = False
 
@@ -72,13 +76,24 @@ class JobReporter:
             self._stop = self.store.heartbeat(self.job_id)  # a live heartbeat even in long epochs
         return self._stop
 
+    def eta(self, now: float, fraction: float) -> float | None:
+        """Seconds left at the pace since this process started training (or since it resumed)."""
+        t0, f0 = self._origin
+        return (now - t0) * (1 - fraction) / (fraction - f0) if fraction > f0 else None
+
     def on_progress(self, p: Progress) -> None:
         now = time.time()
         elapsed = now - self.started
-        self.curve.append({"progress": round(p.fraction, 5), "loss": round(p.loss, 5)})
+        fraction = round(p.fraction, 5)
+        if self.curve and self.curve[-1]["progress"] >= fraction:  # resumed behind where it had got to
+            self.curve = [point for point in self.curve if point["progress"] < fraction]
+        self.curve.append({"progress": fraction, "loss": round(p.loss, 5)})
+        if self._origin is None:
+            self._origin = (now, p.fraction) if self.resumed else (self.started, 0.0)
         if len(self.curve) > MAX_CURVE_POINTS:
             self.curve = self.curve[::2]
         if p.epoch_done:
+            self.history = [record for record in self.history if record["epoch"] < p.epoch]
             self.history.append({"epoch": p.epoch, "loss": p.loss, "val_accuracy": p.val_accuracy})
         if not p.epoch_done and now - self._last_write < PROGRESS_EVERY_S:
             return
@@ -86,7 +101,7 @@ class JobReporter:
         progress = {"epoch": p.epoch, "n_epochs": p.n_epochs, "step": p.step, "n_steps": p.n_steps,
                     "fraction": p.fraction, "loss": p.loss, "samples_per_s": p.samples_per_s,
                     "elapsed_s": elapsed,
-                    "eta_s": elapsed * (1 - p.fraction) / p.fraction if p.fraction > 0 else None}
+                    "eta_s": self.eta(now, p.fraction)}
         self.store.update_job(self.job_id, progress=progress, curve=self.curve, history=self.history,
                               heartbeat=now)
 
@@ -96,10 +111,15 @@ def run_job(store: Store, job_id: str, weights_dir: Path, data_dir: Path) -> str
     job = store.get_job(job_id)
     if job is None or job["status"] != "queued":
         raise SystemExit(f"job {job_id} is not queued")
-    reporter = JobReporter(store, job_id)
+    # A job that has started before was interrupted and resumed (POST /train/{id}/resume): it keeps its
+    # start time, curves and checkpoint, and goes on after its last finished epoch.
+    resumed = job["started_at"] is not None
+    reporter = JobReporter(store, job_id, job["curve"], job["history"]) if resumed else JobReporter(store, job_id)
     signal.signal(signal.SIGTERM, reporter.stop)  # a plain `kill` also ends the job as cancelled
-    if not store.transition(job_id, ("queued",), status="running", pid=os.getpid(), started_at=time.time(),
-                            heartbeat=time.time()):
+    if not resumed:
+        job["started_at"] = time.time()
+    if not store.transition(job_id, ("queued",), status="running", pid=os.getpid(), heartbeat=time.time(),
+                            started_at=job["started_at"]):
         raise SystemExit(f"job {job_id} is no longer queued")
     # The steps beat through should_stop, but loading data, calibrating, measuring on drawn digits
     # and writing the report take long stretches without a step (minutes on a loaded machine). A
@@ -128,12 +148,16 @@ def _run(store: Store, job: dict, job_id: str, reporter: "JobReporter", weights_
     try:
         recipe = Recipe(**recipe_fields)
         data = load_mnist(data_dir, validation_size=recipe.validation_size)
-        feedback = store.feedback_samples() if include_feedback else None
+        # what was sent before the job started: a resumed job must see the same data as its checkpoint
+        feedback = store.feedback_samples(before=job["started_at"]) if include_feedback else None
         if reporter.should_stop():
             raise TrainingCancelled("cancelled before training started")
         tmp_path = weights_dir / f".job-{job_id}.npz"
+        # The checkpoint outlives only a process that dies (killed, machine down): every ending seen
+        # here removes it (finally, below).
         meta = train_and_save(recipe, data, tmp_path, reporter.on_progress, reporter.should_stop,
-                              extra_meta={"job_id": job_id}, feedback=feedback)
+                              extra_meta={"job_id": job_id}, feedback=feedback,
+                              checkpoint=job_checkpoint(weights_dir, job_id))
         final_path = weights_dir / f"{meta['version']}.npz"
         os.replace(tmp_path, final_path)
         write_evaluation_report(final_path, data, weights_dir)
@@ -156,7 +180,7 @@ def _run(store: Store, job: dict, job_id: str, reporter: "JobReporter", weights_
         store.finish_job(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
         return "failed"
     finally:
-        for leftover in weights_dir.glob(f".job-{job_id}.npz*"):
+        for leftover in [*weights_dir.glob(f".job-{job_id}.npz*"), *job_checkpoints(weights_dir, job_id)]:
             leftover.unlink(missing_ok=True)
 
 

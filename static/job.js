@@ -62,6 +62,9 @@ export function renderJob(view) {
     ui.trainCancel.textContent = "Cancelling…";
   }
 
+  ui.trainResume.hidden = !(final && view.resumable);
+  ui.trainResume.disabled = false;
+
   renderOutcome(view, final);
   drawChart(ui.chart, view);
 }
@@ -99,6 +102,10 @@ function renderOutcome(view, final) {
   } else {
     add(`Training ${STATUS_TEXT[view.status] ?? view.status}; the current model stays.`, "outcome-verdict is-bad");
     if (view.error) add(view.error, "outcome-error");
+    if (view.resumable) {
+      add(view.checkpointed ? "Resume goes on after the last finished epoch."
+                            : "No epoch had finished: Resume starts it again from the beginning.", "muted");
+    }
   }
   ui.jobOutcome.replaceChildren(...lines);
   ui.jobOutcome.dataset.status = view.status;

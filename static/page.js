@@ -57,6 +57,7 @@ export const ui = {
   jobSpeed: $("job-speed"),
   jobOutcome: $("job-outcome"),
   trainCancel: $("train-cancel"),
+  trainResume: $("train-resume"),
   chart: $("train-chart"),
 };
 

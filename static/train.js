@@ -82,17 +82,32 @@ async function startTraining(event) {
 
 // Follow the newest queued or running job, if there is one (started here, in another tab or by
 // `digits`). Resolves to whether it found one; `quiet` keeps a failure to ask off the page.
+// With none, the newest job is shown if it was interrupted (the machine went down), so that it can
+// be resumed.
 export async function attachToActiveJob({ quiet = false } = {}) {
   try {
     const { jobs = [] } = await fetchJSON("/train");
     const job = jobs.find((each) => ACTIVE_JOB_STATES.includes(each.status));
-    if (!job) return false;
+    if (!job) {
+      const newest = jobs[0];
+      if (newest?.resumable && !state.job) showEndedJob(newest);
+      return false;
+    }
     if (state.job?.id !== job.job_id || state.job.ended) followJob(job.job_id, job);
     return true;
   } catch (error) {
     if (!quiet) showTrainMessage(`Could not list the training jobs: ${error.message}`, "error");
     return false;
   }
+}
+
+// Show a job that has ended, without following it.
+function showEndedJob(view) {
+  stopFollowing();
+  state.job = { id: view.job_id, view: null, source: null, ended: true, retry: 0 };
+  ui.job.hidden = false;
+  renderJob(view);
+  updateTrainControls();
 }
 
 function stopFollowing() {
@@ -201,9 +216,30 @@ async function cancelTraining() {
   }
 }
 
+async function resumeTraining() {
+  const job = state.job;
+  if (!job || !job.ended || state.starting) return;
+  state.starting = true;
+  ui.trainResume.disabled = true;
+  updateTrainControls();
+  try {
+    const created = await fetchAsAdmin(`/train/${encodeURIComponent(job.id)}/resume`, { method: "POST" });
+    showTrainMessage("");
+    followJob(created.job_id, { ...job.view, status: created.status, resumable: false, eta_s: null });
+  } catch (error) {
+    showTrainMessage(error.message, error.status === 409 ? "info" : "error");
+    ui.trainResume.disabled = false;
+    if (error.status === 409) await attachToActiveJob();  // another job trains: follow that one
+  } finally {
+    state.starting = false;
+    updateTrainControls();
+  }
+}
+
 export function initTraining() {
   ui.trainForm.addEventListener("submit", startTraining);
   ui.trainCancel.addEventListener("click", cancelTraining);
+  ui.trainResume.addEventListener("click", resumeTraining);
   // Leaving the page ends the stream cleanly; coming back from the back-forward cache resumes it.
   window.addEventListener("pagehide", () => stopFollowing());
   window.addEventListener("pageshow", (event) => {

@@ -1,5 +1,7 @@
 """The HTTP API through FastAPI's TestClient, with a tiny model made in a fixture."""
 import base64
+import os
+import time
 import io
 
 import numpy as np
@@ -405,6 +407,58 @@ def test_a_job_state_moves_on_only_from_the_states_expected(tmp_path):
     assert store.finish_job(job_id, "interrupted", error="gone") is True
     assert store.finish_job(job_id, "succeeded") is False  # an ended job is never overwritten
     assert store.get_job(job_id)["status"] == "interrupted"
+
+
+def test_only_an_interrupted_job_resumes_and_only_while_nothing_else_trains(tmp_path):
+    from app.jobs import JobConflict, Store
+    store = Store(tmp_path / "db.sqlite3")
+    job_id = store.create_job({"epochs": 1})
+    with pytest.raises(ValueError, match="is queued; only an interrupted job can be resumed"):
+        store.resume_job(job_id)
+    assert store.transition(job_id, ("queued",), status="running", pid=os.getpid(), started_at=123.0,
+                            heartbeat=time.time())
+    store.request_cancel(job_id)
+    assert store.finish_job(job_id, "interrupted", error="gone")
+    other = store.create_job({"epochs": 2})
+    with pytest.raises(JobConflict):
+        store.resume_job(job_id)
+    assert store.finish_job(other, "cancelled")
+    store.resume_job(job_id)
+    job = store.get_job(job_id)
+    assert (job["status"], job["error"], job["pid"], job["finished_at"]) == ("queued", None, None, None)
+    assert job["started_at"] == 123.0 and job["cancel_requested"] is False  # the same run, asked to go on
+    assert store.get_job(job_id)["status"] == "queued"  # queued again just now: not expired as dead
+
+
+def test_feedback_can_be_read_as_it_was_at_a_jobs_start(tmp_path):
+    from app.jobs import Store
+    store = Store(tmp_path / "db.sqlite3")
+    store.add_feedback(np.full(784, 0.5, np.float32), 3, None, None, "v")
+    cut = time.time()
+    time.sleep(0.01)
+    store.add_feedback(np.zeros(784, np.float32), 4, None, None, "v")
+    assert store.feedback_samples(before=cut)[1].tolist() == [3]
+    X, y = store.feedback_samples()
+    assert y.tolist() == [3, 4] and X.shape == (2, 784)
+
+
+def test_a_resumed_jobs_curves_drop_what_came_after_its_checkpoint(tmp_path):
+    from app.jobs import Store
+    from app.worker import JobReporter
+    from model.train import Progress
+    store = Store(tmp_path / "db.sqlite3")
+    job_id = store.create_job({"epochs": 3})
+    before = [{"progress": 0.2, "loss": 1.0}, {"progress": 0.4, "loss": 0.8}, {"progress": 0.5, "loss": 0.7}]
+    history = [{"epoch": 1, "loss": 0.9, "val_accuracy": 0.9}, {"epoch": 2, "loss": 0.7, "val_accuracy": 0.95}]
+    reporter = JobReporter(store, job_id, before, history)  # checkpoint after epoch 1; killed in epoch 2 or 3
+    reporter.on_progress(Progress(2, 3, 5, 10, 0.75, 1000.0))  # epoch 2 again, half way: progress 0.5
+    assert reporter.curve == [before[0], before[1], {"progress": 0.5, "loss": 0.75}]
+    time.sleep(0.01)
+    reporter.on_progress(Progress(2, 3, 10, 10, 0.72, 1000.0, 0.96, epoch_done=True))
+    assert reporter.history == [history[0], {"epoch": 2, "loss": 0.72, "val_accuracy": 0.96}]
+    job = store.get_job(job_id)
+    assert job["history"] == reporter.history and job["curve"] == reporter.curve
+    assert job["progress"]["eta_s"] > 0  # from the pace since resuming, not since the job first started
 
 
 def test_a_worker_keeps_its_heartbeat_between_steps_until_it_is_done(tmp_path, monkeypatch):

@@ -221,6 +221,46 @@ def test_a_job_whose_process_died_with_the_server_is_interrupted_after_restart(t
         srv.stop()
 
 
+def test_an_interrupted_job_resumes_from_its_last_epoch_on_the_same_data(tmp_state, mnist_dir):
+    srv = Server(tmp_state, mnist_dir).start()
+    checkpoint = tmp_state / "weights"
+    try:
+        with srv.client() as client:
+            for _ in range(10):
+                assert client.post("/feedback", json={"strokes": STROKES_ONE, "label": 1}).status_code == 201
+            job_id = client.post("/train", json={"epochs": 3, "include_feedback": True}).json()["job_id"]
+            deadline = time.monotonic() + 240
+            while not (client.get(f"/train/{job_id}").json()["epoch"] or 0) >= 2:  # epoch 1 checkpointed
+                assert time.monotonic() < deadline, client.get(f"/train/{job_id}").json()
+                time.sleep(0.2)
+            assert [p.name for p in checkpoint.glob(f".job-{job_id}.ckpt*")] == [f".job-{job_id}.ckpt.npz"]
+            first_epoch = client.get(f"/train/{job_id}").json()["history"][0]
+            pid = int(subprocess.check_output(["pgrep", "-f", "--", f"--job {job_id}"]).split()[0])
+            os.kill(pid, signal.SIGKILL)  # the trainer dies mid-epoch; the server lives on
+            job = wait_for(client, job_id, ("interrupted",), timeout=30)
+            assert job["resumable"] is True and job["checkpointed"] is True
+            # Feedback sent after the job started is not part of its data, before or after resuming.
+            assert client.post("/feedback", json={"strokes": STROKES_ONE, "label": 7}).status_code == 201
+
+            resumed = client.post(f"/train/{job_id}/resume")
+            assert resumed.status_code == 202, resumed.text
+            assert resumed.headers["location"] == f"/train/{job_id}"
+            again = client.post(f"/train/{job_id}/resume")
+            assert again.status_code == 409 and "only an interrupted job" in again.json()["detail"]
+            job = wait_for(client, job_id, ("succeeded", "failed", "interrupted", "cancelled"))
+            assert job["status"] == "succeeded", job
+            assert [h["epoch"] for h in job["history"]] == [1, 2, 3]
+            assert job["history"][0] == first_epoch  # kept from before the kill, not trained again
+            assert job["metrics"]["n_feedback"] == 10
+            assert job["resumable"] is False
+            assert list(checkpoint.glob(f".job-{job_id}*")) == []  # nothing left behind
+            done = client.post(f"/train/{job_id}/resume")
+            assert done.status_code == 409 and "succeeded" in done.json()["detail"]
+            assert client.post("/train/nosuchjob/resume").status_code == 404
+    finally:
+        srv.stop()
+
+
 def test_feedback_survives_concurrent_writes_a_killed_server_and_a_restart(tmp_state, mnist_dir):
     srv = Server(tmp_state, mnist_dir, workers=2).start()
     try:

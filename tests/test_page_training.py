@@ -3,7 +3,10 @@ uvicorn server that trains for real: a temporary copy of weights/, a temporary d
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -358,6 +361,36 @@ def test_a_running_job_is_joined_on_409_and_on_load_and_can_be_cancelled(digits:
     assert server.get(f"/train/{job_id}")["status"] == "cancelled", server.job_log(job_id)
     assert [e for e in digits.errors if "409" not in e] == []
     assert other.errors == []
+
+
+def test_an_interrupted_job_is_shown_on_load_and_resumes_from_its_checkpoint(digits: DigitsPage, server: Server,
+                                                                           mnist_for_training: Path):
+    job_id = server.send("POST", "/train", {"architecture": "seed", "epochs": 3})["job_id"]
+    deadline = time.monotonic() + TRAINING_TIMEOUT_MS / 1000
+    while (server.get(f"/train/{job_id}")["epoch"] or 0) < 2:  # epoch 1 done and checkpointed
+        assert time.monotonic() < deadline, server.job_log(job_id)
+        time.sleep(0.2)
+    first_epoch = server.get(f"/train/{job_id}")["history"][0]
+    pid = int(subprocess.check_output(["pgrep", "-f", "--", f"--job {job_id}"]).split()[0])
+    os.kill(pid, signal.SIGKILL)  # as if the machine went down under the trainer
+    while server.get(f"/train/{job_id}")["status"] != "interrupted":
+        assert time.monotonic() < deadline, server.job_log(job_id)
+        time.sleep(0.2)
+
+    page = DigitsPage(digits.page.context.new_page()).open()  # opened now: it shows the interrupted job
+    expect(page.page.locator("#job-id")).to_have_text(job_id)
+    expect(page.page.locator("#job-status")).to_have_text("interrupted")
+    expect(page.page.locator("#job-outcome")).to_contain_text("Resume goes on after the last finished epoch.")
+    expect(page.page.get_by_role("button", name="Cancel")).to_be_hidden()
+    with page.page.expect_response(lambda r: r.url.endswith(f"/train/{job_id}/resume")) as resumed:
+        page.page.get_by_role("button", name="Resume").click()
+    assert resumed.value.status == 202, resumed.value.text()
+    expect(page.page.get_by_role("button", name="Resume")).to_be_hidden()
+    expect(page.page.locator("#job-status")).to_have_text("succeeded", timeout=TRAINING_TIMEOUT_MS)
+    job = server.get(f"/train/{job_id}")
+    assert [h["epoch"] for h in job["history"]] == [1, 2, 3], server.job_log(job_id)
+    assert job["history"][0] == first_epoch  # carried on from the checkpoint, epoch 1 not trained again
+    assert page.errors == []
 
 
 def test_refusals_and_failed_jobs_show_the_servers_words(digits: DigitsPage):
