@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect
 
 from app.images import ImageError, decode_base64, decode_image
 from app.reports import report_url
-from app.schemas import BatchPrediction, FeedbackRequest, ModelInfo, Prediction, PredictRequest
+from app.schemas import BatchPrediction, FeedbackRequest, ModelInfo, Prediction, PredictRequest, json_context
 from model.preprocess import EmptyDrawingError, preprocess_image, preprocess_strokes
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -90,7 +90,7 @@ async def read_json(request: Request, model: type[Body]) -> Body:
     except ClientDisconnect as exc:  # or refused by BodyLimitMiddleware, which has answered already
         raise HTTPException(400, "the request body did not arrive in full") from exc
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate_json(raw, context=json_context(raw))
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from exc
 

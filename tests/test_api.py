@@ -178,15 +178,21 @@ BAD_PAYLOADS = [
      "give exactly one of image, images, pixels, strokes (got pixels, strokes)"),
     ({"pixels": [0.0] * 783}, 422, "pixels: has shape (783,); send 28x28, 784, Nx28x28 or Nx784"),
     ({"pixels": [[0.0] * 28] * 27 + [[0.0] * 27]}, 422,
-     "pixels: must be a rectangular list of numbers (rows of equal length, no strings or nulls)"),
+     "pixels: must be a rectangular list of numbers (rows of equal length, no strings, nulls or booleans)"),
     ({"pixels": ["a"] * 784}, 422,
-     "pixels: must be a rectangular list of numbers (rows of equal length, no strings or nulls)"),
+     "pixels: must be a rectangular list of numbers (rows of equal length, no strings, nulls or booleans)"),
     ({"pixels": [None] * 784}, 422,
-     "pixels: must be a rectangular list of numbers (rows of equal length, no strings or nulls)"),
+     "pixels: must be a rectangular list of numbers (rows of equal length, no strings, nulls or booleans)"),
+    ({"pixels": [True] + [0.0] * 783}, 422,  # NumPy alone would read it as 1.0
+     "pixels: must be a rectangular list of numbers (rows of equal length, no strings, nulls or booleans)"),
+    ({"pixels": [[0.5] * 28] * 27 + [[0.5] * 27 + [False]], "explain": True}, 422,
+     "pixels: must be a rectangular list of numbers (rows of equal length, no strings, nulls or booleans)"),
     ({"pixels": [255.0] * 784}, 422,
      "pixels: must be in [0, 1] (0 background, 1 ink); got values from 255 to 255. Divide 0-255 values by 255"),
     ({"pixels": [-0.5] + [0.0] * 783}, 422,
      "pixels: must be in [0, 1] (0 background, 1 ink); got values from -0.5 to 0. Divide 0-255 values by 255"),
+    ({"pixels": [1e300] + [0.0] * 783}, 422,  # too large for float32, but out of range first
+     "pixels: must be in [0, 1] (0 background, 1 ink); got values from 0 to 1e+300. Divide 0-255 values by 255"),
     ({"pixels": "zeros"}, 422,
      "pixels: must be a list: 28x28 nested lists, 784 numbers, or a batch of those"),
     ({"pixels": [[0] * 784] * 257}, 413, "pixels holds 257 images; the limit is 256"),
@@ -367,6 +373,21 @@ def test_feedback_is_stored_and_summarised(client):
     assert client.post("/feedback", json={"pixels": [[0.0] * 784] * 2, "label": 1}).json() == {
         "detail": "feedback takes one drawing at a time, not a batch"}
     assert client.post("/feedback", json={"strokes": [], "label": 3}).json() == {"detail": "the drawing is empty"}
+    # feedback is validated from Python objects (no JSON text to look at): booleans are looked for always
+    assert client.post("/feedback", json={"pixels": [0.0] * 783 + [True], "label": 3}).json() == {
+        "detail": "pixels: must be a rectangular list of numbers (rows of equal length, no strings, nulls or booleans)"}
+    assert client.get("/feedback").json()["total"] == 4
+
+
+def test_only_json_text_with_true_or_false_in_it_is_searched_for_booleans():
+    from app.schemas import PredictRequest, json_context
+    assert json_context(b'{"pixels": [0, 1], "explain": true}') == {"may_hold_booleans": True}
+    assert json_context(b'{"pixels": [0, 1]}') == {"may_hold_booleans": False}
+    # the skip is only taken where the text shows it is safe: told otherwise, a boolean is missed
+    raw = b'{"pixels": [true' + b', 0' * 783 + b']}'
+    with pytest.raises(ValueError, match="booleans"):
+        PredictRequest.model_validate_json(raw, context=json_context(raw))
+    assert PredictRequest.model_validate_json(raw, context={"may_hold_booleans": False}).pixels[0] == 1.0
 
 
 def test_architectures_lists_what_a_recipe_may_name(client):
