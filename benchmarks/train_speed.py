@@ -2,9 +2,11 @@
 
 Prints samples/s, the GFLOP/s the network's own work amounts to, that as a fraction of this machine's
 float32 matrix-multiply peak (measured in the same run and environment), and the peak resident memory.
-Runs the real `model.train.train`; nothing here reimplements a training step.
+Runs the real `model.train.train`; the figures held to targets come from it alone. With `--reference`,
+the seed network's step is also timed as a hand-written loop (`reference_seed_epoch`), its epochs
+interleaved with `train`'s: what the layers, optimizer and callbacks cost over the plainest NumPy.
 
-    python3 -m benchmarks.train_speed [--arch seed|all] [--repeats 5] [--data-dir DIR]
+    python3 -m benchmarks.train_speed [--arch seed|all] [--repeats 5] [--data-dir DIR] [--reference]
 """
 from __future__ import annotations
 
@@ -134,6 +136,61 @@ def time_epochs(name: str, X: np.ndarray, y: np.ndarray, repeats: int, batch_siz
     return [record["seconds"] for record in result.history]
 
 
+def reference_seed_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Fresh He-initialised seed-network parameters for `reference_seed_epoch`."""
+    return {"W1": (rng.standard_normal((784, 1024)) * np.sqrt(2 / 784)).astype(np.float32),
+            "b1": np.zeros(1024, np.float32),
+            "W2": (rng.standard_normal((1024, 10)) * np.sqrt(2 / 1024)).astype(np.float32),
+            "b2": np.zeros(10, np.float32)}
+
+
+def reference_seed_epoch(X: np.ndarray, y: np.ndarray, recipe: Recipe, rng: np.random.Generator,
+                         params: dict[str, np.ndarray] | None = None) -> float:
+    """Seconds of one epoch of the seed network written out as the plainest NumPy loop: the same
+    products, ReLU, softmax cross-entropy, L2 and SGD step as `train` at the recipe's rate, fused by
+    hand and with no layers, callbacks or schedule. A yardstick for `train`, not a trainer.
+    `params` (from `reference_seed_params`; fresh ones if None) are updated in place."""
+    lr, l2, batch = np.float32(recipe.learning_rate), np.float32(recipe.l2), recipe.batch_size
+    params = reference_seed_params(rng) if params is None else params
+    W1, b1, W2, b2 = params["W1"], params["b1"], params["W2"], params["b2"]
+    order = rng.permutation(len(X))
+    start = time.perf_counter()
+    for first in range(0, len(X), batch):
+        idx = order[first:first + batch]
+        xb, n = X[idx], len(idx)
+        h = xb @ W1
+        h += b1
+        np.maximum(h, 0, out=h)
+        z = h @ W2
+        z += b2
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        z[np.arange(n), y[idx]] -= 1
+        z *= lr / n  # the loss gradient, scaled by the rate as `SGD.gradient_scale` does
+        dW2, db2 = h.T @ z, z.sum(axis=0)
+        dh = z @ W2.T
+        dh *= h > 0
+        dW1, db1 = xb.T @ dh, dh.sum(axis=0)
+        W1 *= 1 - lr * l2
+        W1 -= dW1
+        b1 -= db1
+        W2 *= 1 - lr * l2
+        W2 -= dW2
+        b2 -= db2
+    return time.perf_counter() - start
+
+
+def interleaved_reference(X: np.ndarray, y: np.ndarray, repeats: int, batch_size: int) -> tuple[list, list]:
+    """(train's epoch seconds, the reference loop's), alternating one epoch of each `repeats` times."""
+    rng = np.random.default_rng(0)
+    ours, reference = [], []
+    for _ in range(repeats):
+        ours += time_epochs("seed", X, y, 1, batch_size)
+        reference.append(reference_seed_epoch(X, y, Recipe(batch_size=batch_size), rng))
+    return ours, reference
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="seed", choices=[*FLOPS_PER_SAMPLE, "all"],
@@ -145,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="minibatch size (default: the recipe's, %d)" % Recipe.batch_size)
     parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matrices for the peak")
     parser.add_argument("--peak-repeats", type=int, default=5, help="matrix multiplies; the best counts")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time a hand-written seed loop, epochs interleaved with train's (seed only)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.reference and args.arch != "seed":
+        parser.error("--reference times the seed network: use it with --arch seed")
     names = list(FLOPS_PER_SAMPLE) if args.arch == "all" else [args.arch]
     unmeasured = sorted(set(ARCHITECTURES) - set(FLOPS_PER_SAMPLE))
     if unmeasured:
@@ -163,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     size, recipe = args.peak_size, Recipe(batch_size=args.batch_size or Recipe.batch_size)
     # Before and after the epochs, the best counts: load from other work comes and goes.
     before = matmul_rates_in_child(size, recipe.batch_size, args.peak_repeats)
-    timings = {name: time_epochs(name, X, y, args.repeats, recipe.batch_size) for name in names}
+    reference: list[float] = []
+    if args.reference:
+        timings = {"seed": []}
+        timings["seed"], reference = interleaved_reference(X, y, args.repeats, recipe.batch_size)
+    else:
+        timings = {name: time_epochs(name, X, y, args.repeats, recipe.batch_size) for name in names}
     after = matmul_rates_in_child(size, recipe.batch_size, args.peak_repeats)
     peak, batch_rate = max(before[0], after[0]), max(before[1], after[1])
     print(f"float32 matmul peak: {peak:.1f} GFLOP/s ({size}x{size} @, best of {args.peak_repeats} before "
@@ -177,11 +243,18 @@ def main(argv: list[str] | None = None) -> int:
         flops = FLOPS_PER_SAMPLE[name](name)
         print(f"\n{name}: {flops / 1e6:.3f} MFLOP per sample, batch {recipe.batch_size}, "
               f"{len(X):,} samples, {len(seconds)} epochs")
-        print(f"  {'':8}{'samples/s':>11}{'GFLOP/s':>10}{'of peak':>10}")
+        print(f"  {'':10}{'samples/s':>11}{'GFLOP/s':>10}{'of peak':>10}")
         for label, epoch_s in (("best", min(seconds)), ("median", statistics.median(seconds))):
             rate = len(X) / epoch_s
             gflops = rate * flops / 1e9
-            print(f"  {label:8}{rate:11,.0f}{gflops:10.1f}{gflops / peak:10.1%}")
+            print(f"  {label:10}{rate:11,.0f}{gflops:10.1f}{gflops / peak:10.1%}")
+        if name == "seed" and reference:
+            for label, epoch_s in (("best", min(reference)), ("median", statistics.median(reference))):
+                rate = len(X) / epoch_s
+                print(f"  {'ref ' + label:10}{rate:11,.0f}{rate * flops / 1e9:10.1f}{rate * flops / 1e9 / peak:10.1%}"
+                      f"   (hand-written loop, interleaved; not held to the target)")
+            ratio = min(reference) / min(seconds)
+            print(f"  train's best epoch runs at {ratio:.0%} of the hand-written loop's best")
         target = TARGET_PEAK_FRACTION.get(name)
         if target is None:
             print("  no target for this architecture")
