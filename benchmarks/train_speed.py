@@ -191,6 +191,15 @@ def interleaved_reference(X: np.ndarray, y: np.ndarray, repeats: int, batch_size
     return ours, reference
 
 
+def print_rates(seconds: list[float], n_samples: int, flops: int, peak: float, prefix: str = "",
+                note: str = "") -> None:
+    """The best and the median epoch as rows of samples/s, GFLOP/s and fraction of the peak."""
+    for label, epoch_s in (("best", min(seconds)), ("median", statistics.median(seconds))):
+        rate = n_samples / epoch_s
+        gflops = rate * flops / 1e9
+        print(f"  {prefix + label:10}{rate:11,.0f}{gflops:10.1f}{gflops / peak:10.1%}{note}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="seed", choices=[*FLOPS_PER_SAMPLE, "all"],
@@ -226,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     before = matmul_rates_in_child(size, recipe.batch_size, args.peak_repeats)
     reference: list[float] = []
     if args.reference:
-        timings = {"seed": []}
-        timings["seed"], reference = interleaved_reference(X, y, args.repeats, recipe.batch_size)
+        ours, reference = interleaved_reference(X, y, args.repeats, recipe.batch_size)
+        timings = {"seed": ours}
     else:
         timings = {name: time_epochs(name, X, y, args.repeats, recipe.batch_size) for name in names}
     after = matmul_rates_in_child(size, recipe.batch_size, args.peak_repeats)
@@ -244,15 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{name}: {flops / 1e6:.3f} MFLOP per sample, batch {recipe.batch_size}, "
               f"{len(X):,} samples, {len(seconds)} epochs")
         print(f"  {'':10}{'samples/s':>11}{'GFLOP/s':>10}{'of peak':>10}")
-        for label, epoch_s in (("best", min(seconds)), ("median", statistics.median(seconds))):
-            rate = len(X) / epoch_s
-            gflops = rate * flops / 1e9
-            print(f"  {label:10}{rate:11,.0f}{gflops:10.1f}{gflops / peak:10.1%}")
+        print_rates(seconds, len(X), flops, peak)
         if name == "seed" and reference:
-            for label, epoch_s in (("best", min(reference)), ("median", statistics.median(reference))):
-                rate = len(X) / epoch_s
-                print(f"  {'ref ' + label:10}{rate:11,.0f}{rate * flops / 1e9:10.1f}{rate * flops / 1e9 / peak:10.1%}"
-                      f"   (hand-written loop, interleaved; not held to the target)")
+            print_rates(reference, len(X), flops, peak, prefix="ref ",
+                        note="   (hand-written loop, interleaved; not held to the target)")
             ratio = min(reference) / min(seconds)
             print(f"  train's best epoch runs at {ratio:.0%} of the hand-written loop's best")
         target = TARGET_PEAK_FRACTION.get(name)
