@@ -31,14 +31,28 @@ class Reshape(Layer):
 
 
 class Conv2D(Layer):
-    """'Same' convolution, stride 1: (N, H, W, C_in) -> (N, H, W, C_out). He-initialised."""
+    """Convolution with stride 1 or 2 and 'same' or 'valid' padding: (N, H, W, C_in) -> (N, H', W', C_out),
+    H' = (H + 2p - k) // stride + 1 with p = k // 2 for 'same' and 0 for 'valid'. He-initialised.
+
+    'same' pads both sides by k // 2, so at stride 1 the map keeps its size, and at stride 2 it halves
+    (rounding up). TensorFlow pads one pixel more at the bottom and right than at the top and left
+    when the total is odd; this pads symmetrically: the same output size, the windows one pixel up
+    and left of TensorFlow's.
+    """
     kind = "conv2d"
 
-    def __init__(self, n_in: int, n_out: int, kernel: int = 3, rng: np.random.Generator | None = None) -> None:
+    def __init__(self, n_in: int, n_out: int, kernel: int = 3, stride: int = 1, padding: str = "same",
+                 rng: np.random.Generator | None = None) -> None:
         super().__init__()
-        if kernel % 2 != 1:
+        if padding not in ("same", "valid"):
+            raise ValueError(f"conv2d padding must be 'same' or 'valid', got {padding!r}")
+        if padding == "same" and kernel % 2 != 1:
             raise ValueError(f"conv2d kernel must be odd for 'same' padding, got {kernel}")
+        if isinstance(stride, bool) or stride not in (1, 2):
+            raise ValueError(f"conv2d stride must be 1 or 2, got {stride!r}")
         self.n_in, self.n_out, self.kernel = int(n_in), int(n_out), int(kernel)
+        self.stride, self.padding = int(stride), padding
+        self.pad = self.kernel // 2 if padding == "same" else 0
         rng = rng or np.random.default_rng(0)
         fan_in = self.kernel * self.kernel * self.n_in
         self.params["W"] = (rng.standard_normal((fan_in, self.n_out)) * np.sqrt(2.0 / fan_in)).astype(DTYPE)
@@ -47,36 +61,50 @@ class Conv2D(Layer):
         self.grads["b"] = np.zeros_like(self.params["b"])
         self.needs_input_grad = True
 
+    def output_size(self, H: int, W: int) -> tuple[int, int]:
+        """The output map's height and width for an H x W input."""
+        k, p, s = self.kernel, self.pad, self.stride
+        if H + 2 * p < k or W + 2 * p < k:
+            raise ValueError(f"conv2d kernel {k} with padding {self.padding!r} does not fit a {H}x{W} map")
+        return (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+
+    def _padded(self, X: np.ndarray) -> np.ndarray:
+        p = self.pad
+        return np.pad(X, ((0, 0), (p, p), (p, p)) + ((0, 0),) * (X.ndim - 3)) if p else X
+
     def _columns(self, X: np.ndarray) -> np.ndarray:
-        """(N, H, W, C) -> im2col matrix (N*H*W, k*k*C), rows ordered (kh, kw, C) like W."""
-        p, k = self.kernel // 2, self.kernel
+        """(N, H, W, C) -> im2col matrix (N*H'*W', k*k*C), rows ordered (kh, kw, C) like W."""
+        k, s = self.kernel, self.stride
         N, H, W, C = X.shape
+        Ho, Wo = self.output_size(H, W)
         if C == 1:
             # One input channel: a row of the im2col matrix is only k*k values, and copying windows
             # that short is slow. Build its transpose instead, one whole shifted image per kernel
             # offset (k*k copies of long rows), and hand BLAS the transposed view: 4x faster here.
-            Xp = np.pad(X[..., 0], ((0, 0), (p, p), (p, p)))
-            colsT = np.empty((k, k, N, H, W), dtype=X.dtype)
+            Xp = self._padded(X[..., 0])
+            colsT = np.empty((k, k, N, Ho, Wo), dtype=X.dtype)
             for i in range(k):
                 for j in range(k):
-                    colsT[i, j] = Xp[:, i:i + H, j:j + W]
-            return colsT.reshape(k * k, N * H * W).T
-        Xp = np.pad(X, ((0, 0), (p, p), (p, p), (0, 0)))
-        windows = sliding_window_view(Xp, (k, k), axis=(1, 2))  # (N, H, W, C, k, k)
-        return windows.transpose(0, 1, 2, 4, 5, 3).reshape(N * H * W, -1)  # one copy, contiguous
+                    colsT[i, j] = Xp[:, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s]
+            return colsT.reshape(k * k, N * Ho * Wo).T
+        windows = sliding_window_view(self._padded(X), (k, k), axis=(1, 2))  # (N, H+2p-k+1, ., C, k, k)
+        if s > 1:
+            windows = windows[:, ::s, ::s]  # (N, Ho, Wo, C, k, k)
+        return windows.transpose(0, 1, 2, 4, 5, 3).reshape(N * Ho * Wo, -1)  # one copy, contiguous
 
     def forward(self, X, training=False):
-        """X: (N, H, W, C_in) -> (N, H, W, C_out)."""
+        """X: (N, H, W, C_in) -> (N, H', W', C_out)."""
         N, H, W, _ = X.shape
-        cols = self._columns(X)  # (N*H*W, k*k*C_in)
+        Ho, Wo = self.output_size(H, W)
+        cols = self._columns(X)  # (N*Ho*Wo, k*k*C_in)
         if training:
             self._cols, self._shape = cols, X.shape
-        Z = cols @ self.params["W"]  # (N*H*W, C_out)
+        Z = cols @ self.params["W"]  # (N*Ho*Wo, C_out)
         Z += self.params["b"]
-        return Z.reshape(N, H, W, self.n_out)
+        return Z.reshape(N, Ho, Wo, self.n_out)
 
     def backward(self, dZ):
-        """dZ: (N, H, W, C_out) -> dX (N, H, W, C_in); fills grads W and b."""
+        """dZ: (N, H', W', C_out) -> dX (N, H, W, C_in); fills grads W and b."""
         N, H, W, C = self._shape
         dZ2 = dZ.reshape(-1, self.n_out)
         if self.param_grads:
@@ -84,22 +112,29 @@ class Conv2D(Layer):
             np.sum(dZ2, axis=0, out=self.grads["b"])
         if not self.needs_input_grad:
             return None
-        # dX is the sum, over kernel offsets (i, j), of dZ @ W[i, j].T shifted by (i, j). One small
-        # matmul per offset writes a contiguous (N*H*W, C_in) block, and its add into the padded
-        # gradient runs over whole image rows; the textbook col2im (one big dZ @ W.T, then 25 adds
-        # of strided C_in-wide slices) took 2.7x as long here.
-        k, p = self.kernel, self.kernel // 2
+        # dX is the sum, over kernel offsets (i, j), of dZ @ W[i, j].T placed at the pixels that
+        # offset read (every stride-th from (i, j)). One small matmul per offset writes a contiguous
+        # (N*Ho*Wo, C_in) block, and its add into the padded gradient runs over whole image rows; the
+        # textbook col2im (one big dZ @ W.T, then 25 adds of strided C_in-wide slices) took 2.7x as long.
+        k, p, s = self.kernel, self.pad, self.stride
+        Ho, Wo = dZ.shape[1:3]
         Wk = self.params["W"].reshape(k, k, C, self.n_out)
-        dXp = np.zeros((N, H + 2 * p, W + 2 * p, C), dtype=dZ.dtype)
-        part = np.empty((N * H * W, C), dtype=dZ.dtype)
+        dXp = np.zeros((N, H + 2 * p, W + 2 * p, C), dtype=dZ.dtype)  # rows no window reads stay 0
+        part = np.empty((N * Ho * Wo, C), dtype=dZ.dtype)
         for i in range(k):
             for j in range(k):
                 np.matmul(dZ2, Wk[i, j].T, out=part)
-                dXp[:, i:i + H, j:j + W, :] += part.reshape(N, H, W, C)
+                dXp[:, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s, :] += part.reshape(N, Ho, Wo, C)
         return dXp[:, p:p + H, p:p + W, :]
 
     def spec(self):
-        return {"type": self.kind, "n_in": self.n_in, "n_out": self.n_out, "kernel": self.kernel}
+        spec = {"type": self.kind, "n_in": self.n_in, "n_out": self.n_out, "kernel": self.kernel}
+        # Only when not the defaults: the specs in older weights files stay as they were written.
+        if self.stride != 1:
+            spec["stride"] = self.stride
+        if self.padding != "same":
+            spec["padding"] = self.padding
+        return spec
 
 
 class MaxPool2D(Layer):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from model.conv import Conv2D, Flatten, MaxPool2D, Reshape
+from model.layers import build_layer
 
 from gradients import as_float64, numerical_gradient
 
@@ -51,9 +52,98 @@ def test_maxpool_halves_height_and_width_and_refuses_odd_sizes():
         MaxPool2D().forward(np.zeros((1, 3, 4, 1), np.float32))
 
 
-def test_even_kernels_are_refused():
+def test_even_kernels_are_refused_with_same_padding_only():
     with pytest.raises(ValueError, match="kernel must be odd"):
         Conv2D(1, 1, kernel=2)
+    assert Conv2D(1, 1, kernel=4, padding="valid").forward(np.zeros((1, 4, 5, 1), np.float32)).shape == (1, 1, 2, 1)
+
+
+def direct_convolution(X, W, b, stride, pad):
+    """The textbook sum over kernel offsets, one output pixel per (row, col) read at stride steps."""
+    N, H, Wd, C = X.shape
+    k = int(round(np.sqrt(W.shape[0] // C)))
+    Wk = W.reshape(k, k, C, -1)
+    Xp = np.pad(X, ((0, 0), (pad, pad), (pad, pad), (0, 0))).astype(np.float64)
+    Ho, Wo = (H + 2 * pad - k) // stride + 1, (Wd + 2 * pad - k) // stride + 1
+    out = np.zeros((N, Ho, Wo, Wk.shape[-1]))
+    for r in range(Ho):
+        for c in range(Wo):
+            window = Xp[:, r * stride:r * stride + k, c * stride:c * stride + k, :]  # (N, k, k, C)
+            out[:, r, c] = np.einsum("nijc,ijcf->nf", window, Wk)
+    return out + b
+
+
+# (kernel, stride, padding, c_in, height, width): odd and even sizes, so a stride-2 'same' map has a
+# last row that no window ends on, and a 'valid' one drops pixels at the bottom and right.
+STRIDED = [(5, 2, "same", 2, 7, 6), (5, 2, "same", 1, 6, 7), (3, 2, "same", 3, 5, 5), (3, 1, "valid", 2, 6, 5),
+           (3, 1, "valid", 1, 5, 6), (4, 1, "valid", 2, 5, 4), (3, 2, "valid", 2, 7, 6), (1, 2, "same", 2, 5, 4)]
+
+
+@pytest.mark.parametrize("kernel, stride, padding, c_in, H, W", STRIDED)
+def test_strided_and_valid_conv2d_match_a_direct_sum(kernel, stride, padding, c_in, H, W):
+    rng = np.random.default_rng(kernel + 10 * stride)
+    conv = Conv2D(c_in, 4, kernel=kernel, stride=stride, padding=padding, rng=rng)
+    conv.params["b"][:] = rng.standard_normal(4)
+    X = rng.standard_normal((3, H, W, c_in)).astype(np.float32)
+    pad = kernel // 2 if padding == "same" else 0
+    expected = direct_convolution(X, conv.params["W"], conv.params["b"], stride, pad)
+    out = conv.forward(X)
+    assert out.shape == expected.shape == (3, *conv.output_size(H, W), 4)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, c_in, H, W", STRIDED)
+def test_strided_and_valid_conv2d_gradients_match_finite_differences(kernel, stride, padding, c_in, H, W):
+    rng = np.random.default_rng(kernel + 10 * stride + 1)
+    conv = as_float64(Conv2D(c_in, 3, kernel=kernel, stride=stride, padding=padding, rng=rng))
+    conv.params["b"][:] = rng.standard_normal(3)
+    X = rng.standard_normal((2, H, W, c_in))
+    R = rng.standard_normal((2, *conv.output_size(H, W), 3))
+
+    def loss():
+        return float((conv.forward(X, training=True) * R).sum())
+
+    loss()
+    dX = conv.backward(R.copy())
+    grads = {k: v.copy() for k, v in conv.grads.items()}
+    assert dX.shape == X.shape
+    np.testing.assert_allclose(dX, numerical_gradient(loss, X), atol=1e-6)
+    for key in ("W", "b"):
+        np.testing.assert_allclose(grads[key], numerical_gradient(loss, conv.params[key]), atol=1e-6)
+
+
+def test_the_deep_cnn_shapes_go_28_26_24_12_10_8_4_1():
+    X = np.zeros((2, 28, 28, 1), np.float32)
+    sides = []
+    for c_in, c_out, kernel, stride, padding in [(1, 32, 3, 1, "valid"), (32, 32, 3, 1, "valid"),
+                                                 (32, 32, 5, 2, "same"), (32, 64, 3, 1, "valid"),
+                                                 (64, 64, 3, 1, "valid"), (64, 64, 5, 2, "same"),
+                                                 (64, 128, 4, 1, "valid")]:
+        X = Conv2D(c_in, c_out, kernel, stride, padding).forward(X)
+        sides.append(X.shape[1])
+        assert X.shape == (2, X.shape[1], X.shape[1], c_out)
+    assert sides == [26, 24, 12, 10, 8, 4, 1]
+
+
+def test_conv2d_specs_name_stride_and_padding_only_when_not_the_defaults():
+    assert Conv2D(3, 4, kernel=5).spec() == {"type": "conv2d", "n_in": 3, "n_out": 4, "kernel": 5}  # as older files
+    spec = Conv2D(3, 4, kernel=5, stride=2, padding="valid").spec()
+    assert spec == {"type": "conv2d", "n_in": 3, "n_out": 4, "kernel": 5, "stride": 2, "padding": "valid"}
+    rebuilt = build_layer(spec)
+    assert (rebuilt.stride, rebuilt.padding, rebuilt.kernel) == (2, "valid", 5)
+
+
+@pytest.mark.parametrize("changes, message", [({"stride": 3}, "stride must be 1 or 2"),
+                                              ({"stride": True}, "stride must be 1 or 2"),
+                                              ({"padding": "full"}, "padding must be 'same' or 'valid'")])
+def test_bad_strides_and_paddings_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        build_layer({"type": "conv2d", "n_in": 1, "n_out": 2, "kernel": 3, **changes})
+
+
+def test_a_kernel_larger_than_a_valid_map_is_refused():
+    with pytest.raises(ValueError, match="does not fit a 3x3 map"):
+        Conv2D(1, 1, kernel=5, padding="valid").forward(np.zeros((1, 3, 3, 1), np.float32))
 
 
 def test_reshape_and_flatten_round_trip_with_their_gradients():
