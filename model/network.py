@@ -55,10 +55,31 @@ def architecture_spec(name: str) -> dict:
             {"type": "relu"}, {"type": "dropout", "rate": 0.5},
             {"type": "dense", "n_in": 256, "n_out": N_CLASSES},
         ]}
+    if name == "cnn_deep":
+        # Chris Deotte's Kaggle MNIST network (99.75% single, 99.76% ensembled): no pooling; stride-2
+        # 5x5 convolutions halve the map and learn how. Batch normalisation and a ReLU follow every
+        # convolution; the first 3x3 convolutions of each block are 'valid': 28 -> 26 -> 24 -> 12 -> 10 ->
+        # 8 -> 4 -> 1.
+        def conv(n_in, n_out, kernel, stride=1, padding="valid"):
+            c = {"type": "conv2d", "n_in": n_in, "n_out": n_out, "kernel": kernel}
+            c.update({"stride": stride} if stride != 1 else {})
+            c.update({"padding": padding} if padding != "same" else {})
+            return [c, {"type": "batchnorm", "n_features": n_out}, {"type": "relu"}]
+
+        return {"name": "cnn_deep", "layers": [
+            {"type": "reshape", "shape": [28, 28, 1]},
+            *conv(1, 32, 3), *conv(32, 32, 3), *conv(32, 32, 5, stride=2, padding="same"),
+            {"type": "dropout", "rate": 0.4},
+            *conv(32, 64, 3), *conv(64, 64, 3), *conv(64, 64, 5, stride=2, padding="same"),
+            {"type": "dropout", "rate": 0.4},
+            *conv(64, 128, 4),
+            {"type": "flatten"}, {"type": "dropout", "rate": 0.4},
+            {"type": "dense", "n_in": 128, "n_out": N_CLASSES},
+        ]}
     raise ValueError(f"unknown architecture {name!r}; known: {ARCHITECTURES}")
 
 
-ARCHITECTURES = ("seed", "mlp", "cnn", "cnn_bn")
+ARCHITECTURES = ("seed", "mlp", "cnn", "cnn_bn", "cnn_deep")
 
 
 def check_keys(own: dict, arrays: dict, what: str) -> None:

@@ -167,7 +167,7 @@ def test_a_bad_spec_raises_value_error(spec, message):
 
 
 def test_an_unknown_architecture_name_raises_value_error_listing_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: \('seed', 'mlp', 'cnn', 'cnn_bn'\)"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: \('seed', 'mlp', 'cnn', 'cnn_bn', 'cnn_deep'\)"):
         Network.from_architecture("resnet")
 
 
@@ -266,3 +266,17 @@ def test_the_cnn_architecture_maps_images_to_ten_logits():
     assert network.forward(X).shape == (3, 10)
     np.testing.assert_allclose(network.predict_proba(X, batch_size=2), network.predict_proba(X), rtol=1e-5)
     assert network.inference_batch < Network.from_architecture("seed").inference_batch
+
+
+def test_the_deep_cnn_has_no_pooling_and_ends_in_a_one_pixel_map_of_128_channels():
+    network = Network.from_architecture("cnn_deep", seed=0)
+    X = np.random.default_rng(0).random((3, 784)).astype(np.float32)
+    A, sides = X, []
+    for layer in network.layers:
+        A = layer.forward(A)
+        if layer.kind == "conv2d":
+            sides.append(A.shape[1:])
+    assert sides == [(26, 26, 32), (24, 24, 32), (12, 12, 32), (10, 10, 64), (8, 8, 64), (4, 4, 64), (1, 1, 128)]
+    assert A.shape == (3, 10)
+    assert [layer.kind for layer in network.layers].count("batchnorm") == 7
+    assert "maxpool2d" not in [layer.kind for layer in network.layers]
