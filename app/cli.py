@@ -60,7 +60,8 @@ def cmd_train(args) -> int:
                     learning_rate=args.learning_rate, lr_decay=args.lr_decay, momentum=args.momentum,
                     optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
                     l2=args.l2, seed=args.seed, augment=args.augment, validation_size=args.validation_size,
-                    members=args.members, member_architecture=args.member_arch, elastic_alpha=args.elastic_alpha)
+                    members=args.members, member_architecture=args.member_arch, elastic_alpha=args.elastic_alpha,
+                    max_thickness=args.max_thickness, ema_decay=args.ema_decay)
     recipe.validate()
     data = load_mnist(resolve_data_dir(args.data_dir), validation_size=recipe.validation_size)
     bar = tqdm(total=recipe.epochs, unit="epoch", desc=f"train {recipe.architecture}")
@@ -220,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random affine distortions of every batch; seed: off, mlp and cnn: on")
     train.add_argument("--elastic-alpha", type=float, help="with --augment: elastic distortions of this strength "
                                                              "(Simard et al. used 34); default: 0, none")
+    train.add_argument("--max-thickness", type=float, help="with --augment: random stroke thinning/thickening "
+                                                             "up to this fraction of a pixel; default: 0, none")
+    train.add_argument("--ema-decay", type=float, help="validate and save a moving average of the weights with "
+                                                         "this decay (e.g. 0.999); default: 0, off")
     train.add_argument("--validation-size", type=int, help=f"training images held out to choose the epoch; "
                                                            f"default: {d.validation_size}")
     train.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")

@@ -52,7 +52,8 @@ def data_fingerprint(*arrays: np.ndarray) -> str:
     for a in arrays:
         a = np.ascontiguousarray(a)
         digest.update(f"{a.shape}{a.dtype}".encode())
-        digest.update(memoryview(a).cast("B"))
+        if a.size:  # an empty array has no bytes, and memoryview refuses to cast its zero strides
+            digest.update(memoryview(a).cast("B"))
     return digest.hexdigest()
 
 

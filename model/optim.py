@@ -1,13 +1,60 @@
-"""Optimizers: a separate step over parameter and gradient dicts, updating in place."""
+"""Optimizers: a separate step over parameter and gradient dicts, updating in place, optionally keeping
+an exponential moving average (EMA) of the parameters for evaluation."""
 from __future__ import annotations
 
 import numpy as np
 
 
-class SGD:
+class Averaging:
+    """The EMA of the parameters that SGD and Adam keep when `ema_decay` > 0 (0: off, nothing kept).
+
+    After every step, E = d * E + (1 - d) * P with d = min(ema_decay, (1 + t) / (10 + t)) at step t, as
+    TensorFlow's ExponentialMovingAverage with num_updates: early on the average follows the weights
+    closely instead of remembering their random start for thousands of steps.
+    """
+
+    def __init__(self, ema_decay: float = 0.0) -> None:
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.ema_decay = ema_decay
+        self.ema_steps = 0
+        self._ema: dict[str, np.ndarray] = {}
+
+    def averaged(self) -> dict[str, np.ndarray]:
+        """The averaged parameters by key (the arrays themselves: copy before changing them)."""
+        return self._ema
+
+    def _update_average(self, params: dict[str, np.ndarray]) -> None:
+        if not self.ema_decay:
+            return
+        self.ema_steps += 1
+        d = np.float32(min(self.ema_decay, (1 + self.ema_steps) / (10 + self.ema_steps)))
+        for key, P in params.items():
+            E = self._ema.get(key)
+            if E is None:
+                self._ema[key] = P.copy()
+                continue
+            E *= d
+            E += (1 - d) * P
+
+    def _average_state(self, scalars: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
+        """The optimizer's state with the average's added; unchanged (as older checkpoints) when off."""
+        if self.ema_decay:
+            scalars = {**scalars, "ema_steps": self.ema_steps}
+            arrays = {**arrays, **{f"ema/{k}": v for k, v in self._ema.items()}}
+        return scalars, arrays
+
+    def _load_average(self, scalars: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.ema_steps = int(scalars.get("ema_steps", 0))
+        self._ema = {k.removeprefix("ema/"): np.array(v) for k, v in arrays.items() if k.startswith("ema/")}
+
+
+class SGD(Averaging):
     """Minibatch SGD, optionally with (Nesterov) momentum. Gradients are consumed (scaled in place)."""
 
-    def __init__(self, learning_rate: float, momentum: float = 0.0, nesterov: bool = False) -> None:
+    def __init__(self, learning_rate: float, momentum: float = 0.0, nesterov: bool = False,
+                 ema_decay: float = 0.0) -> None:
+        super().__init__(ema_decay)
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
         if not 0 <= momentum < 1:
@@ -19,9 +66,11 @@ class SGD:
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(scalars, arrays) that `load_state` restores: the rate and the velocity, for checkpoints."""
-        return {"learning_rate": self.learning_rate}, {f"velocity/{k}": v for k, v in self._velocity.items()}
+        return self._average_state({"learning_rate": self.learning_rate},
+                                   {f"velocity/{k}": v for k, v in self._velocity.items()})
 
     def load_state(self, scalars: dict, arrays: dict[str, np.ndarray]) -> None:
+        self._load_average(scalars, arrays)
         self.learning_rate = float(scalars["learning_rate"])
         self._velocity = {k.removeprefix("velocity/"): np.array(v) for k, v in arrays.items()
                           if k.startswith("velocity/")}
@@ -69,13 +118,15 @@ class SGD:
                 if rate != 1:
                     G *= rate
             P -= G
+        self._update_average(params)
 
 
-class Adam:
+class Adam(Averaging):
     """Adam (Kingma and Ba, 2015) with decoupled weight decay (AdamW): P -= lr * (m_hat / (sqrt(v_hat) + eps) + l2 * P)."""
 
     def __init__(self, learning_rate: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, ema_decay: float = 0.0) -> None:
+        super().__init__(ema_decay)
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
         self.learning_rate, self.beta1, self.beta2, self.eps = learning_rate, beta1, beta2, eps
@@ -88,9 +139,10 @@ class Adam:
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(scalars, arrays) that `load_state` restores: rate, step count and both moments."""
         arrays = {**{f"m/{k}": v for k, v in self._m.items()}, **{f"v/{k}": v for k, v in self._v.items()}}
-        return {"learning_rate": self.learning_rate, "t": self.t}, arrays
+        return self._average_state({"learning_rate": self.learning_rate, "t": self.t}, arrays)
 
     def load_state(self, scalars: dict, arrays: dict[str, np.ndarray]) -> None:
+        self._load_average(scalars, arrays)
         self.learning_rate, self.t = float(scalars["learning_rate"]), int(scalars["t"])
         self._m = {k[2:]: np.array(v) for k, v in arrays.items() if k.startswith("m/")}
         self._v = {k[2:]: np.array(v) for k, v in arrays.items() if k.startswith("v/")}
@@ -120,3 +172,4 @@ class Adam:
             np.divide(M, G, out=G)
             G *= step
             P -= G
+        self._update_average(params)

@@ -24,6 +24,10 @@ RECIPES = {
                   warmup_epochs=0.5, l2=1e-5, augment=True, elastic_alpha=20, seed=5),
     "seed-adam": Recipe(architecture="seed", epochs=3, batch_size=64, optimizer="adam", learning_rate=1e-3, seed=2),
     "seed-sgd": Recipe(architecture="seed", epochs=3, batch_size=64, learning_rate=0.3, lr_decay=0.8, seed=1),
+    # strided and 'valid' convolutions, batch normalisation, stroke thickness and the weight average
+    "cnn_deep-ema": Recipe(architecture="cnn_deep", epochs=3, batch_size=100, optimizer="adam", learning_rate=1e-3,
+                           lr_decay=0.9, l2=0.0, augment=True, max_thickness=0.5, max_rotation=15.0, ema_decay=0.9,
+                           seed=3),
 }
 
 
@@ -75,6 +79,17 @@ def test_another_recipe_is_refused_naming_what_differs(data, tmp_path):
     other = Recipe(**{**RECIPES["seed-sgd"].to_dict(), "learning_rate": 0.1})
     with pytest.raises(CheckpointError, match=r"another recipe \(learning_rate: 0.3 there, 0.1 here\)"):
         train(other, *data, checkpoint=path)
+
+
+def test_a_run_without_validation_data_checkpoints_and_resumes(data, tmp_path):
+    X, y, _, _ = data
+    no_val = (np.empty((0, 784), np.float32), np.empty(0, int))
+    recipe, path = RECIPES["seed-sgd"], tmp_path / "c.npz"
+    straight = train(recipe, X, y, *no_val)
+    with pytest.raises(TrainingCancelled):
+        train(recipe, X, y, *no_val, should_stop=stop_after(8), checkpoint=path)
+    for key, P in train(recipe, X, y, *no_val, checkpoint=path).network.parameters().items():
+        np.testing.assert_array_equal(straight.network.parameters()[key], P, err_msg=key)
 
 
 def test_other_data_is_refused(data, tmp_path):

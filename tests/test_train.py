@@ -138,6 +138,93 @@ def test_the_default_recipe_is_valid_and_round_trips_as_a_dict():
     assert Recipe(**recipe.to_dict()) == recipe
 
 
+OLDER_RECIPE_KEYS = {"architecture", "epochs", "batch_size", "learning_rate", "lr_decay", "schedule", "warmup_epochs",
+                     "momentum", "optimizer", "l2", "seed", "augment", "elastic_alpha", "validation_size", "members",
+                     "member_architecture"}
+
+
+def test_later_recipe_fields_are_left_out_of_the_dict_at_their_defaults():
+    # so the recipes in older weights files and checkpoints read, and compare, as they were written
+    assert set(Recipe().to_dict()) == OLDER_RECIPE_KEYS
+    assert set(train_module.recipe_for("cnn").to_dict()) == OLDER_RECIPE_KEYS
+    changed = Recipe(max_thickness=0.5, ema_decay=0.999, max_rotation=15.0)
+    assert changed.to_dict() == {**Recipe().to_dict(), "max_thickness": 0.5, "ema_decay": 0.999, "max_rotation": 15.0}
+    assert Recipe(**changed.to_dict()) == changed
+    assert changed.augmentation().max_thickness == 0.5 and changed.augmentation().max_rotation == 15.0
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"ema_decay": 1.0}, "ema_decay"), ({"ema_decay": -0.1}, "ema_decay"), ({"max_thickness": 1.5}, "max_thickness"),
+    ({"max_rotation": -1}, "max_rotation"), ({"max_scale": 1.0}, "max_scale"), ({"max_shift": 11}, "max_shift"),
+    ({"max_shear": -0.1}, "max_shear"),
+])
+def test_recipe_validate_rejects_bad_augmentation_ranges_and_ema_decays(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe(**changes).validate()
+
+
+def test_the_deep_cnn_recipe_is_deottes_adam_with_wider_augmentation():
+    recipe = train_module.recipe_for("cnn_deep")
+    recipe.validate()
+    assert (recipe.optimizer, recipe.learning_rate, recipe.lr_decay, recipe.schedule, recipe.batch_size) == \
+        ("adam", 1e-3, 0.95, "exponential", 64)
+    assert recipe.augment and recipe.augmentation().max_rotation == 15.0 and recipe.augmentation().max_scale == 0.15
+    assert train_module.recipe_for("cnn_deep", ema_decay=0.999).ema_decay == 0.999
+
+
+@pytest.fixture(scope="module")
+def ema_runs(tiny, tmp_path_factory):
+    """cnn_deep (batch normalisation, dropout) for two epochs, with and without a weight average; no
+    validation data, so the last epoch is the result; each with its checkpoint (kept by train)."""
+    X, y = tiny[0][:128], tiny[1][:128]
+    no_val = (np.empty((0, 784), np.float32), np.empty(0, int))
+    runs = {}
+    for decay in (0.0, 0.9):
+        path = tmp_path_factory.mktemp("ema") / "run.npz"
+        recipe = Recipe(architecture="cnn_deep", epochs=2, batch_size=32, optimizer="adam", learning_rate=1e-3,
+                        ema_decay=decay, seed=2)
+        runs[decay] = (train(recipe, X, y, *no_val, checkpoint=path), path)
+    return runs
+
+
+def test_with_ema_the_result_holds_the_averaged_weights_and_the_trained_batchnorm_statistics(ema_runs):
+    from model.checkpoint import load_checkpoint
+    result, path = ema_runs[0.9]
+    ckpt = load_checkpoint(path)
+    averaged = {k.removeprefix("ema/"): v for k, v in ckpt.optimizer[1].items() if k.startswith("ema/")}
+    own = result.network.parameters()
+    assert averaged.keys() == own.keys()
+    for key, value in averaged.items():
+        np.testing.assert_array_equal(own[key], value, err_msg=key)
+        assert not np.array_equal(ckpt.network[key], value) or key.endswith(".b"), key  # not the trained weights
+    state = result.network.state()
+    buffers = [k for k in state if "running" in k]
+    assert buffers
+    for key in buffers:
+        np.testing.assert_array_equal(state[key], ckpt.network[key], err_msg=key)
+
+
+def test_ema_changes_what_is_kept_not_how_the_network_trains(ema_runs):
+    from model.checkpoint import load_checkpoint
+    plain, averaged = ema_runs[0.0][0], ema_runs[0.9][0]
+    assert [h["loss"] for h in averaged.history] == [h["loss"] for h in plain.history]
+    trained = load_checkpoint(ema_runs[0.9][1]).network
+    for key, value in plain.network.state().items():
+        np.testing.assert_array_equal(trained[key], value, err_msg=key)  # the same trajectory underneath
+    assert "val_accuracy_raw" in averaged.history[0] and "val_accuracy_raw" not in plain.history[0]
+    assert not load_checkpoint(ema_runs[0.0][1]).optimizer[1].keys() & {f"ema/{k}" for k in trained}
+
+
+def test_with_ema_the_averaged_weights_are_validated_and_the_trained_ones_recorded(tiny):
+    X, y, Xv, yv = tiny
+    recipe = Recipe(epochs=2, batch_size=100, learning_rate=0.3, ema_decay=0.95, seed=1)
+    plain = train(Recipe(**{**recipe.to_dict(), "ema_decay": 0.0}), X, y, Xv, yv)
+    result = train(recipe, X, y, Xv, yv)
+    assert [h["val_accuracy_raw"] for h in result.history] == [h["val_accuracy"] for h in plain.history]
+    assert result.val_accuracy == accuracy(result.network, Xv, yv)
+    assert any(h["val_accuracy"] != h["val_accuracy_raw"] for h in result.history)
+
+
 def test_train_rejects_a_bad_recipe_before_doing_anything(small):
     with pytest.raises(ValueError, match="epochs must be at least 1"):
         train(Recipe(epochs=0), *small, should_stop=pytest.fail)
@@ -308,3 +395,24 @@ def test_elastic_alpha_adds_elastic_distortions_to_the_augmentation(mnist, monke
     assert [a.elastic_alpha for a in seen] == [34.0, 34.0]
     with pytest.raises(ValueError, match="elastic_alpha"):
         Recipe(elastic_alpha=-1).validate()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_optimizers_average_follows_its_formula_and_round_trips_through_its_state(optimizer):
+    from model.optim import SGD, Adam
+    rng = np.random.default_rng(0)
+    make = (lambda: SGD(0.1, momentum=0.5, ema_decay=0.8)) if optimizer == "sgd" else (lambda: Adam(0.01, ema_decay=0.8))
+    opt = make()
+    P = {"0.W": rng.standard_normal((3, 2)).astype(np.float32)}
+    expected = None
+    for t in range(1, 30):
+        opt.step(P, {"0.W": rng.standard_normal((3, 2)).astype(np.float32)})
+        d = min(0.8, (1 + t) / (10 + t))  # TensorFlow's num_updates warm-up, then the decay itself
+        expected = P["0.W"].astype(np.float64) if expected is None else d * expected + (1 - d) * P["0.W"]
+    np.testing.assert_allclose(opt.averaged()["0.W"], expected, rtol=1e-5)
+    again = make()
+    again.load_state(*opt.state())
+    np.testing.assert_array_equal(again.averaged()["0.W"], opt.averaged()["0.W"])
+    assert again.ema_steps == opt.ema_steps == 29
+    scalars, arrays = (SGD(0.1) if optimizer == "sgd" else Adam(0.01)).state()
+    assert "ema_steps" not in scalars and not any(k.startswith("ema/") for k in arrays)  # off: as older states
