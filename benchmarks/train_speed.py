@@ -5,8 +5,9 @@ float32 matrix-multiply peak (measured in the same run and environment), and the
 Runs the real `model.train.train`; the figures held to targets come from it alone. With `--reference`,
 the seed network's step is also timed as a hand-written loop (`reference_seed_epoch`), its epochs
 interleaved with `train`'s: what the layers, optimizer and callbacks cost over the plainest NumPy.
+With `--layers`, only each layer's forward and backward time in a training step (where a step goes).
 
-    python3 -m benchmarks.train_speed [--arch seed|all] [--repeats 5] [--data-dir DIR] [--reference]
+    python3 -m benchmarks.train_speed [--arch seed|all] [--repeats 5] [--data-dir DIR] [--reference] [--layers]
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from threadpoolctl import threadpool_info
 
 from model.data import DataError, load_split
 from model.memory import TRAINING, keep_freed_memory
-from model.network import ARCHITECTURES, architecture_spec
+from model.network import ARCHITECTURES, Network, architecture_spec
 from model.train import Progress, Recipe, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,16 +50,19 @@ def dense_stack_flops(name: str) -> int:
 def layer_stack_flops(name: str) -> int:
     """FLOP per training sample of a stack of convolution, pooling and dense layers.
 
-    A 'same' k x k convolution from C_in to C_out channels on an H x W map costs 2*H*W*k*k*C_in*C_out
+    A k x k convolution from C_in to C_out channels with an H x W output map costs 2*H*W*k*k*C_in*C_out
     forward, as much for the weight gradient, and as much for the input gradient except for the first
-    layer with parameters. Dense layers count as in `dense_stack_flops`; pooling, ReLU, dropout and
-    reshapes are elementwise and not counted.
+    layer with parameters. Dense layers count as in `dense_stack_flops`; pooling, batch normalisation,
+    ReLU, dropout and reshapes are elementwise and not counted.
     """
     flops, side, first = 0, 28, True
     for layer in architecture_spec(name)["layers"]:
         kind = layer["type"]
         if kind == "conv2d":
-            per_pass = 2 * side * side * layer["kernel"] ** 2 * layer["n_in"] * layer["n_out"]
+            k, stride = layer["kernel"], layer.get("stride", 1)
+            pad = k // 2 if layer.get("padding", "same") == "same" else 0
+            side = (side + 2 * pad - k) // stride + 1
+            per_pass = 2 * side * side * k ** 2 * layer["n_in"] * layer["n_out"]
         elif kind == "dense":
             per_pass = 2 * layer["n_in"] * layer["n_out"]
         else:
@@ -75,6 +79,7 @@ FLOPS_PER_SAMPLE = {
     "mlp": dense_stack_flops,
     "cnn": layer_stack_flops,
     "cnn_bn": layer_stack_flops,  # batch normalisation is elementwise: the same count as the cnn
+    "cnn_deep": layer_stack_flops,
 }
 
 
@@ -134,6 +139,48 @@ def time_epochs(name: str, X: np.ndarray, y: np.ndarray, repeats: int, batch_siz
     result = train(recipe, X, y, *no_val, on_progress=reports.append)  # a callback, as the CLI has
     assert len(reports) >= repeats, "the progress callback was not called"
     return [record["seconds"] for record in result.history]
+
+
+def layer_times(name: str, X: np.ndarray, y: np.ndarray, batch_size: int, repeats: int
+                ) -> list[tuple[dict, float, float]]:
+    """(spec, forward ms, backward ms) of each layer of a training step at `batch_size`, averaged over
+    `repeats` steps on random batches after two untimed ones. Backward stops, as in training, at the
+    first layer with parameters (0 ms for the layers below it)."""
+    network = Network.from_architecture(name, seed=0)
+    rng = np.random.default_rng(0)
+    n_layers = len(network.layers)
+    forward_s, backward_s = np.zeros(n_layers), np.zeros(n_layers)
+    for step in range(repeats + 2):
+        idx = rng.integers(0, len(X), batch_size)
+        A, fwd, bwd = X[idx], np.zeros(n_layers), np.zeros(n_layers)
+        for i, layer in enumerate(network.layers):
+            start = time.perf_counter()
+            A = layer.forward(A, training=True)
+            fwd[i] = time.perf_counter() - start
+        network.loss.forward(A, y[idx])
+        dA = network.loss.backward()
+        for i in reversed(range(n_layers)):
+            start = time.perf_counter()
+            dA = network.layers[i].backward(dA)
+            bwd[i] = time.perf_counter() - start
+            if dA is None:
+                break
+        if step >= 2:  # the first steps fault in pages and warm caches
+            forward_s += fwd
+            backward_s += bwd
+    return [(layer.spec(), 1e3 * f / repeats, 1e3 * b / repeats)
+            for layer, f, b in zip(network.layers, forward_s, backward_s)]
+
+
+def print_layer_times(name: str, rows: list[tuple[dict, float, float]], batch_size: int) -> None:
+    """One row per layer, then the step's total and the samples/s it amounts to (no optimizer step)."""
+    print(f"\n{name}: per-layer ms of a training step at batch {batch_size}")
+    print(f"  {'layer':58}{'forward':>9}{'backward':>9}")
+    for spec, forward_ms, backward_ms in rows:
+        args = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "type")
+        print(f"  {spec['type'] + (f'({args})' if args else ''):58}{forward_ms:9.2f}{backward_ms:9.2f}")
+    total = sum(f + b for _, f, b in rows)
+    print(f"  {'total':58}{total:18.1f}   = {1e3 * batch_size / total:,.0f} samples/s")
 
 
 def reference_seed_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -211,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="minibatch size (default: the recipe's, %d)" % Recipe.batch_size)
     parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matrices for the peak")
     parser.add_argument("--peak-repeats", type=int, default=5, help="matrix multiplies; the best counts")
+    parser.add_argument("--layers", action="store_true",
+                        help="only time each layer's forward and backward pass, over --repeats steps (x10)")
     parser.add_argument("--reference", action="store_true",
                         help="also time a hand-written seed loop, epochs interleaved with train's (seed only)")
     args = parser.parse_args(argv)
@@ -219,6 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference and args.arch != "seed":
         parser.error("--reference times the seed network: use it with --arch seed")
     names = list(FLOPS_PER_SAMPLE) if args.arch == "all" else [args.arch]
+    if args.layers:
+        keep_freed_memory(**TRAINING)
+        X, y = load_training_images(args.data_dir)
+        print(f"load average {os.getloadavg()[0]:.2f}; BLAS threads: "
+              f"{', '.join(str(pool['num_threads']) for pool in threadpool_info()) or 'unknown'}")
+        batch_size = args.batch_size or Recipe.batch_size
+        for name in names:
+            print_layer_times(name, layer_times(name, X, y, batch_size, 10 * args.repeats), batch_size)
+        return 0
     unmeasured = sorted(set(ARCHITECTURES) - set(FLOPS_PER_SAMPLE))
     if unmeasured:
         print(f"note: no FLOP count for {', '.join(unmeasured)}; add one to FLOPS_PER_SAMPLE to time them")
