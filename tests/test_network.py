@@ -167,7 +167,8 @@ def test_a_bad_spec_raises_value_error(spec, message):
 
 
 def test_an_unknown_architecture_name_raises_value_error_listing_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: \('seed', 'mlp', 'cnn', 'cnn_bn', 'cnn_deep'\)"):
+    known = r"\('seed', 'mlp', 'cnn', 'cnn_bn', 'cnn_deep'\)"
+    with pytest.raises(ValueError, match=rf"unknown architecture 'resnet'; known: {known}"):
         Network.from_architecture("resnet")
 
 

@@ -401,7 +401,8 @@ def test_elastic_alpha_adds_elastic_distortions_to_the_augmentation(mnist, monke
 def test_the_optimizers_average_follows_its_formula_and_round_trips_through_its_state(optimizer):
     from model.optim import SGD, Adam
     rng = np.random.default_rng(0)
-    make = (lambda: SGD(0.1, momentum=0.5, ema_decay=0.8)) if optimizer == "sgd" else (lambda: Adam(0.01, ema_decay=0.8))
+    def make():
+        return SGD(0.1, momentum=0.5, ema_decay=0.8) if optimizer == "sgd" else Adam(0.01, ema_decay=0.8)
     opt = make()
     P = {"0.W": rng.standard_normal((3, 2)).astype(np.float32)}
     expected = None
