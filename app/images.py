@@ -45,26 +45,40 @@ def decode_base64(text: str) -> bytes:
         raise ImageError(f"the image is not valid base64 ({exc})") from exc
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """PNG/JPEG/WebP bytes -> (H, W, 4) uint8 RGBA; refuses other formats and oversized images."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """PNG/JPEG/WebP bytes -> a Pillow image whose header is read and checked (format, size), not
+    yet decoded: its size is known before any costly work is done."""
     if not data:
         raise ImageError("the image is empty (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data))
-        if img.format not in FORMATS:
-            raise ImageError(f"the image is {img.format}; send PNG, JPEG or WebP", status=415)
-        width, height = img.size
-        if max(width, height) > MAX_SIDE:
-            raise ImageError(f"the image is {width}x{height} pixels; neither side may exceed {MAX_SIDE} "
-                             f"pixels, scale it down", status=413)
-        if width * height > max_pixels:
-            raise ImageError(f"the image is {width}x{height} pixels, over the limit of {max_pixels} "
-                             f"pixels; scale it down", status=413)
-        img.load()
-        return np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
-    except ImageError:
-        raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ImageError("the data is not a PNG, JPEG or WebP image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"the image is corrupt or truncated ({exc})") from exc
+    if img.format not in FORMATS:
+        raise ImageError(f"the image is {img.format}; send PNG, JPEG or WebP", status=415)
+    width, height = img.size
+    if max(width, height) > MAX_SIDE:
+        raise ImageError(f"the image is {width}x{height} pixels; neither side may exceed {MAX_SIDE} "
+                         f"pixels, scale it down", status=413)
+    if width * height > max_pixels:
+        raise ImageError(f"the image is {width}x{height} pixels, over the limit of {max_pixels} "
+                         f"pixels; scale it down", status=413)
+    return img
+
+
+def to_rgba(img: Image.Image) -> np.ndarray:
+    """Decode an image from `open_image` -> (H, W, 4) uint8 RGBA."""
+    try:
+        img.load()
+        return np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise ImageError("the data is not a PNG, JPEG or WebP image") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"the image is corrupt or truncated ({exc})") from exc
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """PNG/JPEG/WebP bytes -> (H, W, 4) uint8 RGBA; refuses other formats and oversized images."""
+    return to_rgba(open_image(data, max_pixels))

@@ -193,14 +193,17 @@ class Store:
 
     # --- feedback -------------------------------------------------------------------------------
     def add_feedback(self, pixels: np.ndarray, label: int, predicted: int | None, confidence: float | None,
-                     model_version: str | None) -> int:
-        """Store one preprocessed 28x28 sample with its true label; returns its id."""
+                     model_version: str | None, max_rows: int | None = None) -> int | None:
+        """Store one preprocessed 28x28 sample with its true label; returns its id, or None (nothing
+        stored) when the table already holds `max_rows` rows. The count and the insert are one
+        statement, so processes sharing the file cannot overshoot the cap together."""
         blob = np.asarray(pixels, dtype=np.float32).reshape(784).tobytes()
         with self._connect() as db:
             cursor = db.execute("INSERT INTO feedback (created_at, label, predicted, confidence, model_version, "
-                                "pixels) VALUES (?, ?, ?, ?, ?, ?)",
-                                (time.time(), int(label), predicted, confidence, model_version, blob))
-            return int(cursor.lastrowid)
+                                "pixels) SELECT ?, ?, ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM feedback) < ?",
+                                (time.time(), int(label), predicted, confidence, model_version, blob,
+                                 2 ** 62 if max_rows is None else max_rows))
+            return int(cursor.lastrowid) if cursor.rowcount == 1 else None
 
     def feedback_summary(self) -> dict:
         """Counts per true label and how often the model was right."""

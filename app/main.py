@@ -17,6 +17,7 @@ from app.jobs import Store
 from app.reports import router as reports_router
 from app.routes import router
 from app.routes_train import router as train_router
+from app.serving import RateLimiter, Serving
 from app.settings import Settings
 from model.memory import SERVING, keep_freed_memory
 from model.registry import active_path
@@ -142,6 +143,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.models = ModelHolder(settings.weights_dir)
             app.state.store = Store(settings.database)
             app.state.children = []  # training processes this server started
+            app.state.serving = Serving(settings.max_queue, settings.prep_threads, settings.max_batch_rows,
+                                        settings.batch_wait_ms)
+            app.state.serving.start()
+            app.state.feedback_limiter = RateLimiter(settings.feedback_per_minute)
             log.info("serving model %s", app.state.models.current.version)
             watcher = asyncio.create_task(watch_active_model(app.state.models, settings.reload_interval_s,
                                                              app.state.children))
@@ -157,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 gc.unfreeze()
                 watcher.cancel()
+                await app.state.serving.stop()
 
     app = FastAPI(title="digits", summary="Draw a digit; a NumPy network classifies it.",
                   version="0.1.0", lifespan=lifespan)

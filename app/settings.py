@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     blas_threads: int = Field(1, ge=1, le=64, description="BLAS threads per server process")
     db_path: Path | None = Field(None, description="SQLite file of jobs and feedback; default: in the data folder")
     reload_interval_s: float = Field(0.5, gt=0, le=60, description="how often workers look for a new active model")
+    max_queue: int = Field(64, ge=1, le=100_000, description="/predict requests a worker takes at once; "
+                                                             "more get 503 with Retry-After")
+    max_request_pixels: int = Field(16_000_000, ge=784, le=1_000_000_000,
+                                    description="decoded image pixels one request may hold in all; more: 413")
+    prep_threads: int = Field(2, ge=1, le=64, description="threads per worker that decode and preprocess")
+    max_batch_rows: int = Field(256, ge=1, le=10_000, description="images per micro-batched forward pass")
+    batch_wait_ms: float = Field(0.0, ge=0, le=20, description="under load, how long a batch waits for more")
+    feedback_per_minute: int = Field(30, ge=1, le=100_000, description="POST /feedback per client per minute")
+    feedback_max_rows: int = Field(100_000, ge=1, le=100_000_000, description="feedback rows kept in all")
 
     @property
     def mnist_dir(self) -> Path:

@@ -14,6 +14,7 @@ from app.settings import ROOT, Settings
 from model.network import Network
 from model.registry import set_active
 from model.weights import save_model
+from model.train import TRAINABLE
 
 TINY_SPEC = {"name": "tiny", "layers": [{"type": "dense", "n_in": 784, "n_out": 16}, {"type": "relu"},
                                         {"type": "dense", "n_in": 16, "n_out": 10}]}
@@ -337,7 +338,7 @@ def test_without_a_token_training_answers_only_loopback_clients(weights_dir):
     ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
     ({"epochs": 1000}, "epochs: Input should be less than or equal to 200"),
     ({"learning_rate": -1}, "learning_rate: Input should be greater than 0"),
-    ({"architecture": "resnet"}, "architecture: unknown architecture 'resnet'; choose one of seed, mlp, cnn, cnn_bn, ensemble"),
+    ({"architecture": "resnet"}, "architecture: unknown architecture 'resnet'; choose one of " + ", ".join(TRAINABLE)),
     ({"promote": "sometimes"}, "promote: Input should be 'if_better' or 'always'"),
     ({"validation_size": 10}, "validation_size: Input should be greater than or equal to 1000"),
     ({"batchsize": 10}, "batchsize: Extra inputs are not permitted"),
@@ -392,7 +393,7 @@ def test_only_json_text_with_true_or_false_in_it_is_searched_for_booleans():
 
 def test_architectures_lists_what_a_recipe_may_name(client):
     body = client.get("/architectures").json()
-    assert body["architectures"] == ["seed", "mlp", "cnn", "cnn_bn", "ensemble"]
+    assert body["architectures"] == [*TRAINABLE] and body["architectures"][:4] == ["seed", "mlp", "cnn", "cnn_bn"]
     assert body["recipes"]["cnn"]["augment"] is True and body["recipes"]["cnn"]["schedule"] == "cosine"
     assert body["recipes"]["seed"] == body["default_recipe"]
     assert body["default_recipe"]["architecture"] == "seed"
