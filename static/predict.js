@@ -9,6 +9,10 @@ import { percent, state, ui } from "./page.js";
 const THROTTLE_MS = 150;          // at most one /predict per this interval while drawing
 const PREVIEW_SCALE = 5;          // CSS pixels per model pixel in the "what the model saw" preview
 const MODEL_NOTICE_MS = 8000;     // how long "Now using model …" stays up
+// "Not sure" between two digits: the runner-up holds at least COMPETING_MIN and the two together at
+// least COMPETING_TOTAL, so the other eight share at most a fifth. See notSureAdvice.
+const COMPETING_MIN = 0.25;
+const COMPETING_TOTAL = 0.8;
 
 // ---- asking for predictions ----------------------------------------------------------------------
 
@@ -126,6 +130,20 @@ function verdictFor(digit, confidence) {
   return `Maybe a ${digit}?`;
 }
 
+// The advice under "Not sure". When two digits compete (the rule at COMPETING_MIN), name both, the lower
+// digit first ("A 1 or a 7?") so that the pair reads the same whichever is ahead; the best guess line
+// below says which is. Otherwise (one weak favourite, or the mass spread wider) the generic advice.
+function notSureAdvice(probabilities) {
+  const [first, second] = probabilities.map((p, digit) => ({ p, digit })).sort((a, b) => b.p - a.p);
+  if (!second || second.p < COMPETING_MIN || first.p + second.p < COMPETING_TOTAL) {
+    return "Try drawing it bigger or clearer.";
+  }
+  const [low, high] = [first.digit, second.digit].sort((a, b) => a - b);
+  const named = (digit) => `${digit === 8 ? "an" : "a"} ${digit}`;
+  const pair = `${named(low)} or ${named(high)}`;
+  return `${pair[0].toUpperCase()}${pair.slice(1)}? It could be either.`;
+}
+
 function showPrediction(answer) {
   const probabilities = answer?.probabilities;
   if (!Array.isArray(probabilities) || !probabilities.length) {
@@ -142,7 +160,7 @@ function showPrediction(answer) {
     ui.verdictDetail.textContent = `${percent(answer.confidence)} confident`;
   } else {
     ui.verdictText.textContent = "Not sure";
-    ui.verdictDetail.textContent = "Try drawing it bigger or clearer.";
+    ui.verdictDetail.textContent = notSureAdvice(probabilities);
   }
   ui.verdictGuess.textContent = sure ? "" : `Best guess: ${answer.digit} (${percent(answer.confidence)})`;
   ui.verdictGuess.hidden = sure;

@@ -1,6 +1,7 @@
 """The page's "not sure" answer and its "what mattered" overlay, in real headless Chromium against a real
 server with the shipped active model: a clear digit is named, a zigzag scribble the model rejects is shown
-as "not sure" with no bar marked, and the saliency map is drawn over the 28x28 input on request."""
+as "not sure" with no bar marked, the advice names two digits when they compete, and the saliency map is
+drawn over the 28x28 input on request."""
 from __future__ import annotations
 
 import os
@@ -61,12 +62,29 @@ def expect_strongest_pushes_painted(page: Page, saliency: list[list[float]]) -> 
         assert alpha == pytest.approx(255 * value, abs=2), f"({x}, {y}): opacity {alpha} for a push of {value}"
 
 
+GENERIC_ADVICE = "Try drawing it bigger or clearer."
+
+
+def not_sure_advice(probabilities: list[float]) -> str:
+    """The page's rule (static/predict.js notSureAdvice), restated: two digits compete when the runner-up
+    holds at least 0.25 and the two together at least 0.8; then they are named, the lower digit first."""
+    (p1, d1), (p2, d2) = sorted(((p, d) for d, p in enumerate(probabilities)), key=lambda pd: -pd[0])[:2]
+    if p2 < 0.25 or p1 + p2 < 0.8:
+        return GENERIC_ADVICE
+    low, high = sorted([d1, d2])
+    return f"{with_article(low).capitalize()} or {with_article(high)}? It could be either."
+
+
+def with_article(digit: int) -> str:
+    return f"{'an' if digit == 8 else 'a'} {digit}"
+
+
 def expect_not_sure(digits: DigitsPage, answer: dict) -> None:
     page = digits.page
     expect(digits.result).to_have_attribute("data-state", "unsure")
     expect(digits.digit).to_have_text("?")
     expect(page.locator("#verdict-text")).to_have_text("Not sure")
-    expect(page.locator("#verdict-detail")).to_have_text("Try drawing it bigger or clearer.")
+    expect(page.locator("#verdict-detail")).to_have_text(not_sure_advice(answer["probabilities"]))
     expect(page.locator("#verdict-guess")).to_have_text(
         f"Best guess: {answer['digit']} ({answer['confidence'] * 100:.1f}%)")
     expect(digits.bars).to_have_count(10)
@@ -115,6 +133,38 @@ def test_the_page_follows_the_servers_sure_flag_not_a_threshold_of_its_own(digit
     digits.page.route("**/predict", unsure)
     answer = digits.draw(ONE)
     assert answer["digit"] == 1 and answer["confidence"] > 0.95
+    expect_not_sure(digits, answer)
+    assert digits.errors == []
+
+
+def faked_not_sure(shares: dict[int, float]):
+    """A route handler for /predict: the real answer, made "not sure" with these probabilities for the
+    digits named and the rest shared evenly by the others."""
+    rest = (1 - sum(shares.values())) / (10 - len(shares))
+    probabilities = [shares.get(digit, rest) for digit in range(10)]
+    best = max(range(10), key=probabilities.__getitem__)
+
+    def handle(route):
+        answer = route.fetch()
+        route.fulfill(response=answer, json={**answer.json(), "probabilities": probabilities, "digit": best,
+                                             "confidence": probabilities[best], "sure": False})
+    return handle
+
+
+@pytest.mark.parametrize(("shares", "advice"), [
+    ({1: 0.52, 7: 0.38}, "A 1 or a 7? It could be either."),
+    ({7: 0.55, 1: 0.33}, "A 1 or a 7? It could be either."),  # the lower digit first, whichever leads
+    ({8: 0.5, 3: 0.4}, "A 3 or an 8? It could be either."),
+    ({4: 0.62, 9: 0.2}, GENERIC_ADVICE),                      # a weak runner-up, though the two hold 0.82
+    ({2: 0.36, 3: 0.3, 5: 0.3}, GENERIC_ADVICE),              # three-way: the top two hold only 0.66
+    ({6: 0.16}, GENERIC_ADVICE),                              # nearly flat
+], ids=["1-ahead-of-7", "7-ahead-of-1", "8-or-3", "weak-runner-up", "three-way", "flat"])
+def test_not_sure_advice_names_two_competing_digits_and_stays_generic_otherwise(digits: DigitsPage,
+                                                                                 shares: dict, advice: str):
+    digits.page.route("**/predict", faked_not_sure(shares))
+    answer = digits.draw(ONE)
+    assert answer["sure"] is False and answer["probabilities"][answer["digit"]] == max(shares.values())
+    expect(digits.page.locator("#verdict-detail")).to_have_text(advice)
     expect_not_sure(digits, answer)
     assert digits.errors == []
 
