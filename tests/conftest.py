@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mnist_support import real_mnist_dir
+from server_support import copy_shipped_weights
 from model.data import Dataset, load_mnist
 from model.network import Network
 from model.preprocess import PREPROCESSING_VERSION
@@ -73,3 +74,9 @@ def write_tiny_model():
 def tiny_weights_path(tmp_path) -> Path:
     """A valid weights file of the tiny network, alone in tmp_path/weights."""
     return save_tiny_model(tmp_path / "weights" / "tiny.npz")
+
+
+@pytest.fixture
+def tmp_state(tmp_path) -> Path:
+    """A private copy of the shipped weights folder and an empty database folder, for real servers."""
+    return copy_shipped_weights(tmp_path)

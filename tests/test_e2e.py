@@ -3,10 +3,8 @@ durability and hot-swap under load with two workers. Trains on the real MNIST (o
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,68 +15,10 @@ import pytest
 
 from model.registry import ACTIVE_FILE
 from model.weights import read_meta
+from server_support import STROKES_ONE, Server
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-STROKES_ONE = [[[100, 20], [102, 140], [104, 260]]]
-
-
-class Server:
-    """`digits serve` in its own process group, so a test can kill it and all its workers at once."""
-
-    def __init__(self, tmp: Path, mnist_dir: Path, workers: int = 1, **env) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
-        self.env.update(DIGITS_WEIGHTS_DIR=str(tmp / "weights"), DIGITS_DB_PATH=str(tmp / "db" / "digits.sqlite3"),
-                        DIGITS_DATA_DIR=str(mnist_dir), **env)
-        self.workers, self.proc, self.url = workers, None, None
-
-    def start(self) -> "Server":
-        import socket
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers",
-                                      str(self.workers), "--log-level", "warning"], cwd=ROOT, env=self.env,
-                                     start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {self.proc.stderr.read().decode()[-3000:]}")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL the server and its workers, as a crash would."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
-
-
-@pytest.fixture
-def tmp_state(tmp_path) -> Path:
-    """A private copy of the shipped weights folder and an empty database folder."""
-    (tmp_path / "weights").mkdir()
-    for path in (ROOT / "weights").glob("*.npz"):
-        shutil.copy(path, tmp_path / "weights" / path.name)
-    shutil.copy(ROOT / "weights" / ACTIVE_FILE, tmp_path / "weights" / ACTIVE_FILE)
-    return tmp_path
-
-
 @pytest.fixture
 def server(tmp_state, mnist_dir):
     srv = Server(tmp_state, mnist_dir).start()
