@@ -9,8 +9,13 @@ function describeDetail(detail) {
   return detail == null ? "" : JSON.stringify(detail);
 }
 
+// A Retry-After header in whole seconds (the form this server sends), or null when absent or unreadable.
+function retryAfterSeconds(header) {
+  return /^\s*\d+\s*$/.test(header ?? "") ? Number(header) : null;
+}
+
 // GET or POST JSON; resolves to the parsed answer, or rejects with an Error whose message is readable
-// and whose `status` is the HTTP status, if there was an answer.
+// and whose `status` is the HTTP status, if there was an answer, with `retryAfter` from its header.
 export async function fetchJSON(url, options = {}) {
   const controller = new AbortController();
   const timeout = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
@@ -27,6 +32,7 @@ export async function fetchJSON(url, options = {}) {
       const error = new Error(describeDetail(data?.detail) ||
                               `the server answered ${response.status} ${response.statusText}`);
       error.status = response.status;
+      error.retryAfter = retryAfterSeconds(response.headers.get("Retry-After"));
       throw error;
     }
     if (data === null) throw new Error("the server's answer was not JSON");

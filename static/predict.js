@@ -1,6 +1,6 @@
-// Predictions: /predict at most every THROTTLE_MS while drawing, the answer shown as a verdict (or
-// "not sure" when the server is not), one bar per class and the 28x28 input the model saw with what
-// mattered (explain.js); and the active model, shown and watched.
+// Predictions: /predict at most every THROTTLE_MS while drawing (retried once when the server is busy),
+// the answer shown as a verdict (or "not sure" when the server is not), one bar per class and the 28x28
+// input the model saw with what mattered (explain.js); and the active model, shown and watched.
 
 import { fetchJSON, postJSON } from "./api.js";
 import { renderSaliency } from "./explain.js";
@@ -9,6 +9,10 @@ import { percent, state, ui } from "./page.js";
 const THROTTLE_MS = 150;          // at most one /predict per this interval while drawing
 const PREVIEW_SCALE = 5;          // CSS pixels per model pixel in the "what the model saw" preview
 const MODEL_NOTICE_MS = 8000;     // how long "Now using model …" stays up
+const BUSY_WAIT_S = 1;            // the wait before the retry when a 503 has no readable Retry-After
+const BUSY_WAIT_MAX_S = 5;        // and the longest wait, whatever Retry-After asks
+const BUSY_RETRYING = "Many drawings to read at the moment; trying again shortly.";
+const BUSY_GAVE_UP = "The service is busy right now; your drawing will be read on your next stroke.";
 // "Not sure" between two digits: the runner-up holds at least COMPETING_MIN and the two together at
 // least COMPETING_TOTAL, so the other eight share at most a fifth. See notSureAdvice.
 const COMPETING_MIN = 0.25;
@@ -48,14 +52,33 @@ async function sendPrediction() {
   const body = { strokes: state.strokes, explain: true };
   updateBusy();
   try {
-    const answer = await postJSON("/predict", body);
-    if (epoch === state.epoch) showPrediction(answer);
+    const answer = await postPrediction(body, epoch);
+    if (answer && epoch === state.epoch) showPrediction(answer);
   } catch (error) {
-    if (epoch === state.epoch) showStatus(error.message, "error");
+    if (epoch !== state.epoch) return;
+    if (error.status === 503) showBusy("Busy right now", BUSY_GAVE_UP);
+    else showStatus(error.message, "error");
   } finally {
     state.inFlight = false;
     if (state.wanted) schedulePrediction();
     updateBusy();
+  }
+}
+
+// POST /predict. A 503 means the server's queue is full: say so, wait as its Retry-After asks (capped)
+// and send the same body once more; a second 503 is thrown. The request stays in flight while waiting,
+// so nothing else is sent meanwhile. A drawing changed during the wait (a stroke, undo, clear)
+// supersedes the retry: resolves to null, and sendPrediction's `finally` sends the newer drawing.
+async function postPrediction(body, epoch) {
+  try {
+    return await postJSON("/predict", body);
+  } catch (error) {
+    if (error.status !== 503) throw error;
+    const waitSeconds = Math.min(error.retryAfter ?? BUSY_WAIT_S, BUSY_WAIT_MAX_S);
+    if (epoch === state.epoch) showBusy("Busy, retrying…", BUSY_RETRYING);
+    await new Promise((resolve) => setTimeout(resolve, waitSeconds * 1000));
+    if (epoch !== state.epoch || state.wanted) return null;
+    return await postJSON("/predict", body);
   }
 }
 
@@ -142,6 +165,16 @@ function notSureAdvice(probabilities) {
   const named = (digit) => `${digit === 8 ? "an" : "a"} ${digit}`;
   const pair = `${named(low)} or ${named(high)}`;
   return `${pair[0].toUpperCase()}${pair.slice(1)}? It could be either.`;
+}
+
+// "Busy": the server's queue is full. Shown where the answer shows; the last answer's bars stay, dimmed.
+function showBusy(text, detail) {
+  ui.digit.textContent = "…";
+  ui.verdictText.textContent = text;
+  ui.verdictDetail.textContent = detail;
+  ui.verdictGuess.hidden = true;
+  ui.result.dataset.state = "busy";
+  showStatus("");
 }
 
 function showPrediction(answer) {
