@@ -45,7 +45,11 @@ export async function sendFeedback(label) {
     }
     loadFeedbackCount();
   } catch (error) {
-    if (revision === state.revision) showFeedbackStatus(error.message, "error");
+    // 429: too many corrections for now (a rate limit or the storage cap); the server's sentence says
+    // which, shown as a notice rather than a fault. The buttons stay usable for a later try.
+    if (revision === state.revision) {
+      showFeedbackStatus(error.message, error.status === 429 ? "warning" : "error");
+    }
   } finally {
     state.feedback.sending = false;
     updateFeedbackButtons();

@@ -1,7 +1,7 @@
 """The page when the server sheds load, in real headless Chromium against a real server with the shipped
-model: a 503 from /predict is retried once after Retry-After, a second one ends calmly, and a newer
-drawing replaces a pending retry. The refusals are faked with page.route; every other answer comes from
-the real server."""
+model: a 503 from /predict is retried once after Retry-After, a second one ends calmly, a newer drawing
+replaces a pending retry, and a 429 from /feedback shows its sentence. The refusals are faked with
+page.route; every other answer comes from the real server."""
 from __future__ import annotations
 
 import time
@@ -144,3 +144,27 @@ def test_a_newer_drawing_replaces_a_pending_retry_and_its_answer_shows(digits: D
     assert len(busy.requests) == 2
     expect(digits.result).not_to_have_attribute("data-state", "busy")
     assert [e for e in digits.errors if "503" not in e] == []
+
+
+def test_a_feedback_limit_shows_the_servers_sentence_and_the_buttons_keep_working(digits: DigitsPage):
+    page = digits.page
+    limit = "You have sent 20 corrections in the last minute; please wait a minute before sending more."
+    digits.draw(ONE)
+
+    page.route("**/feedback", lambda route: route.fulfill(status=429, headers={"Retry-After": "60"},
+                                                          json={"detail": limit})
+               if route.request.method == "POST" else route.fallback())
+    page.get_by_role("button", name="It's a 7").click()
+    status = page.locator("#feedback-status")
+    expect(status).to_have_text(limit)
+    expect(status).to_have_attribute("data-kind", "warning")
+    for button in page.locator("#feedback-digits button").all():
+        expect(button).to_be_enabled()
+
+    page.unroute("**/feedback")
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/feedback")) as answered:
+        page.get_by_role("button", name="It's a 7").click()
+    assert answered.value.status == 201
+    expect(status).to_have_text(answered.value.json()["message"])
+    expect(status).to_have_attribute("data-kind", "ok")
+    assert [e for e in digits.errors if "429" not in e] == []
