@@ -41,3 +41,13 @@ def test_shipped_model_scores_its_recorded_figures_on_drawn_digits_and_scribbles
     measured = beyond_mnist(model.predict_proba, model.threshold)
     for key, value in measured.items():
         assert value == pytest.approx(metrics[key], abs=1e-9), f"{path.name}: {key}"
+
+
+def test_the_active_model_is_the_one_the_default_rule_picks_from_the_shipped_metadata():
+    # The rule reads drawn-digit and validation figures from the metadata; the tests above check those
+    # figures against the data, so the choice rests on measured numbers, never on the test set.
+    from model.selection import choose_default
+    from model.weights import read_meta
+
+    chosen = choose_default([read_meta(path) for path in SHIPPED])
+    assert load_model(active_path(WEIGHTS)).version == chosen["version"]
