@@ -167,6 +167,26 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
+def workers_flag(text: str) -> str:
+    """argparse type of --workers: 'auto' or a positive count."""
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a count of at least 1, got {text!r}")
+    return text
+
+
+def plan_workers(requested: str, cores: int, blas_threads: int | None) -> tuple[int, int]:
+    """(worker processes, BLAS threads each) for `--workers` ("auto" or a count) on `cores` cores.
+
+    "auto" is one process per core. BLAS threads are DIGITS_BLAS_THREADS (`blas_threads`, None if
+    unset) or 1, lowered where needed so that processes x threads never exceed the cores: more would
+    make the workers' products fight over them."""
+    workers = cores if requested == "auto" else int(requested)
+    if workers < 1:
+        raise ValueError(f"--workers must be 'auto' or at least 1, got {requested}")
+    threads = max(1, min(blas_threads or 1, cores // workers))
+    return workers, threads
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -177,11 +197,18 @@ def cmd_serve(args) -> int:
     settings = Settings()
     settings.check_paths()
     load_model(active_path(settings.weights_dir))  # refuse to start, with the reason, before forking workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    explicit = settings.blas_threads if "DIGITS_BLAS_THREADS" in os.environ else None
+    workers, threads = plan_workers(args.workers, cores, explicit)
+    if explicit is not None and threads != explicit:
+        log.warning("DIGITS_BLAS_THREADS=%d lowered to %d: %d workers on %d cores", explicit, threads, workers, cores)
+    os.environ["DIGITS_BLAS_THREADS"] = str(threads)  # the workers read their settings from the environment
     if settings.admin_token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without DIGITS_ADMIN_TOKEN: training and activation answer loopback "
                     "clients only, and behind a reverse proxy on this machine every client looks like "
                     "loopback; set DIGITS_ADMIN_TOKEN", args.host)
-    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+    log.info("%d worker process(es) x %d BLAS thread(s) on %d core(s)", workers, threads, cores)
+    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=workers,
                 log_level=args.log_level)
     return 0
 
@@ -260,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the web service (settings: DIGITS_* variables)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--workers", default="1", type=workers_flag,
+                       help="server processes: a count, or 'auto' for one per core (default: 1)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
     return parser

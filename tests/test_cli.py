@@ -243,3 +243,24 @@ def test_ensemble_averages_saved_models_into_one_file(small_dataset, tmp_path, c
     assert not list(tmp_path.glob(".ensemble-*")), "no temporary file left behind"
     assert main(["ensemble", str(paths[0])]) == 2
     assert "at least two models" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("requested, cores, explicit, planned", [
+    ("auto", 2, None, (2, 1)),     # one process per core, one BLAS thread each
+    ("auto", 8, 4, (8, 1)),        # an explicit thread count is lowered to fit the cores
+    ("1", 4, None, (1, 1)),        # the default: one thread, whatever the cores
+    ("1", 4, 4, (1, 4)),           # one process may use every core
+    ("2", 4, 3, (2, 2)),
+    ("3", 2, None, (3, 1)),        # more processes than cores: still at least one thread each
+])
+def test_workers_times_blas_threads_never_exceed_the_cores(requested, cores, explicit, planned):
+    from app.cli import plan_workers
+    assert plan_workers(requested, cores, explicit) == planned
+
+
+def test_serve_takes_auto_or_a_positive_count_of_workers(capsys):
+    from app.cli import build_parser
+    assert build_parser().parse_args(["serve", "--workers", "auto"]).workers == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--workers", "0"])
+    assert "expected 'auto' or a count of at least 1, got '0'" in capsys.readouterr().err

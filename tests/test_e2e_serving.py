@@ -132,3 +132,20 @@ def test_feedback_answers_429_past_the_per_client_limit_and_past_the_row_cap(tmp
             assert client.get("/feedback").json()["total"] == 5
     finally:
         srv.stop()
+
+
+def test_workers_auto_starts_one_process_per_core_each_serving_the_model(tmp_state, mnist_dir):
+    import os
+    import subprocess
+
+    srv = Server(tmp_state, mnist_dir, workers="auto").start()
+    try:
+        children = subprocess.run(["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True).stdout.split()
+        workers = [pid for pid in children
+                   if "spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")]
+        assert len(workers) == len(os.sched_getaffinity(0))
+        with srv.client() as client:
+            answers = [client.post("/predict", json={"strokes": STROKES_ONE}) for _ in range(20)]
+        assert {a.status_code for a in answers} == {200} and {a.json()["digit"] for a in answers} == {1}
+    finally:
+        srv.stop()
