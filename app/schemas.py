@@ -1,6 +1,7 @@
 """Request and response models; they do the validation, so bad input is refused before NumPy runs."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from itertools import chain
 from typing import Annotated, Any, Literal
 
@@ -145,6 +146,14 @@ class TrainRequest(BaseModel):
     augment: bool | None = Field(None, description="random shifts, rotations, scaling and shear on the fly")
     elastic_alpha: float | None = Field(None, ge=0, le=100, description="with augment: elastic distortions "
                                                                         "of this strength (Simard et al.: 34)")
+    max_shift: float | None = Field(None, ge=0, le=10, description="with augment: largest shift, pixels")
+    max_rotation: float | None = Field(None, ge=0, le=90, description="with augment: largest rotation, degrees")
+    max_scale: float | None = Field(None, ge=0, lt=1, description="with augment: zoom in [1 - s, 1 + s]")
+    max_shear: float | None = Field(None, ge=0, le=1, description="with augment: largest shear factor")
+    max_thickness: float | None = Field(None, ge=0, le=1, description="with augment: thinning/thickening of "
+                                                                      "the ink, pixels (0 = off)")
+    ema_decay: float | None = Field(None, ge=0, lt=1, description="> 0: validate and save a moving average "
+                                                                  "of the weights")
     include_feedback: bool = Field(False, description="mix users' labelled drawings into training")
     validation_size: int = Field(10_000, ge=1_000, le=20_000)
     promote: Literal["if_better", "always"] = "if_better"
@@ -177,7 +186,7 @@ class TrainRequest(BaseModel):
             recipe.validate()
         except ValueError as exc:
             raise ValueError(f"the recipe is not valid: {exc}") from exc
-        for key, value in recipe.to_dict().items():
+        for key, value in asdict(recipe).items():  # every field: to_dict() leaves later ones out at defaults
             if getattr(self, key, None) is None:
                 setattr(self, key, value)
         return self

@@ -508,3 +508,13 @@ def test_a_worker_keeps_its_heartbeat_between_steps_until_it_is_done(tmp_path, m
     thread.join(2)
     assert not thread.is_alive(), "it stops when the job is done"
 
+
+
+@pytest.mark.parametrize("architecture", TRAINABLE)
+def test_every_architectures_default_request_is_a_whole_recipe_the_trainer_accepts(client, architecture):
+    from model.train import Recipe, recipe_for
+
+    recipe = client.get("/architectures").json()["recipes"][architecture]
+    assert None not in recipe.values(), recipe  # a job stores every field, so a worker can rebuild it
+    fields = {k: v for k, v in recipe.items() if k not in ("promote", "include_feedback")}
+    assert Recipe(**fields) == recipe_for(architecture)
