@@ -17,7 +17,7 @@ from app.jobs import Store
 from app.reports import router as reports_router
 from app.routes import router
 from app.routes_train import router as train_router
-from app.serving import RateLimiter, Serving
+from app.serving import RateLimiter, Serving, ShedWhenFull
 from app.settings import Settings
 from model.memory import SERVING, keep_freed_memory
 from model.registry import active_path
@@ -177,4 +177,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports_router)
     app.mount("/", StaticFiles(directory=settings.static_dir, html=True), name="static")
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(ShedWhenFull)  # added last: it runs first
     return app

@@ -47,6 +47,10 @@ class Admission:
     def __init__(self, limit: int) -> None:
         self.limit, self.inside = limit, 0
 
+    @property
+    def full(self) -> bool:
+        return self.inside >= self.limit
+
     def __enter__(self) -> "Admission":
         if self.inside >= self.limit:
             raise Overloaded(f"this server is busy ({self.inside} requests waiting); retry in a second")
@@ -236,3 +240,27 @@ class RateLimiter:
             return self.window_s - (now - events[0])
         events.append(now)
         return 0.0
+
+
+class ShedWhenFull:
+    """Answer 503 to POST `paths` while the worker's admission is full, before routing, parsing or
+    even reading the body (pure ASGI). Under a storm of requests every refusal costs event-loop time
+    that the admitted requests need; this is the cheapest refusal there is. The route checks admission
+    again, so a request that slips past here is still counted."""
+
+    def __init__(self, app, paths: tuple[str, ...] = ("/predict",)) -> None:
+        self.app, self.paths = app, paths
+        body = b'{"detail":"this server is busy; retry in a second"}'
+        self._start = {"type": "http.response.start", "status": 503,
+                       "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                   (b"content-length", str(len(body)).encode())]}
+        self._body = {"type": "http.response.body", "body": body}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            serving = getattr(scope["app"].state, "serving", None)
+            if serving is not None and serving.admission.full:
+                await send(self._start)
+                await send(self._body)
+                return
+        await self.app(scope, receive, send)

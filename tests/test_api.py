@@ -518,3 +518,16 @@ def test_every_architectures_default_request_is_a_whole_recipe_the_trainer_accep
     assert None not in recipe.values(), recipe  # a job stores every field, so a worker can rebuild it
     fields = {k: v for k, v in recipe.items() if k not in ("promote", "include_feedback")}
     assert Recipe(**fields) == recipe_for(architecture)
+
+
+def test_a_full_worker_refuses_predictions_with_503_before_reading_the_body(client):
+    admission = client.app.state.serving.admission
+    admission.inside = admission.limit  # as if `limit` requests were being served
+    try:
+        response = client.post("/predict", content=b"not even JSON", headers={"content-type": "application/json"})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert response.json() == {"detail": "this server is busy; retry in a second"}
+        assert client.get("/healthz").status_code == 200  # only /predict is shed
+    finally:
+        admission.inside = 0
+    assert client.post("/predict", json={"strokes": [[[1, 1], [1, 30]]]}).status_code == 200
