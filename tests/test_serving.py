@@ -169,3 +169,33 @@ def test_the_rate_limit_counts_per_client_within_a_sliding_window():
     now[0] = 60.5  # both counted events have left the window (the refused one was never counted)
     assert limiter.wait_s("a") == 0 and limiter.wait_s("a") == 0
     assert limiter.wait_s("a") == pytest.approx(60.0)
+
+
+def test_a_client_that_disconnects_cancels_its_queued_work():
+    from app.serving import ClientGone, unless_disconnected
+
+    async def scenario():
+        model, batcher = GatedModel(), await started(MicroBatcher())
+        left = asyncio.Event()
+
+        async def receive():  # what uvicorn sends once the body was read: the disconnect, when it comes
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        first = asyncio.ensure_future(batcher.predict_proba(model, np.zeros((1, 3), np.float32)))
+        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        waiting = asyncio.ensure_future(unless_disconnected(batcher.predict_proba(model, np.ones((1, 3))), receive))
+        stays = asyncio.ensure_future(batcher.predict_proba(model, np.full((1, 3), 7, np.float32)))
+        await asyncio.sleep(0.01)
+        left.set()
+        with pytest.raises(ClientGone):
+            await waiting
+        model.gate.set()
+        await first
+        kept = await stays
+        await batcher.stop()
+        return model, kept
+
+    model, kept = run(scenario())
+    assert [call[:, 0].tolist() for call in model.calls] == [[0.0], [7.0]]  # the leaver's row never ran
+    assert kept[0, 0] == 14
