@@ -159,7 +159,7 @@ async def predict(request: Request):
             X, batch = await prepared_inputs(body, request)
             probs = await unless_disconnected(serving.batcher.predict_proba(model, X), request.receive)
             digits = probs.argmax(axis=1)
-            saliency = await serving.batcher.call(saliency_maps, model, X, digits) if body.explain else None
+            saliency = await serving.batcher.run(saliency_maps, model, X, digits) if body.explain else None
     except Overloaded as exc:
         return busy(exc)
     except ClientGone:

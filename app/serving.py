@@ -3,7 +3,8 @@ preprocessing off the event loop, and micro-batched forward passes on one model 
 
 The event loop only parses, admits and answers. Decoding and preprocessing run in a small bounded
 pool; every forward pass (and saliency) runs on one model thread, so a model is never used by two
-threads at once. Concurrent requests that arrive while that thread is busy are gathered into one batch:
+threads at once. Concurrent requests that arrive while that thread is busy are gathered into one batch
+(forward passes with forward passes, saliency with saliency):
 idle, a request runs at once; under load it waits for the batch in flight (plus `max_wait_ms`, off
 by default), and a batch is one BLAS product instead of many small ones.
 """
@@ -32,13 +33,19 @@ class Overloaded(Exception):
 
 @dataclass
 class _Item:
+    fn: Callable
     model: object
     X: np.ndarray
+    row_args: tuple
     future: asyncio.Future
     rows: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.rows = len(self.X)
+
+
+def _probabilities(model, X: np.ndarray) -> np.ndarray:
+    return model.predict_proba(X)
 
 
 class Admission:
@@ -89,14 +96,15 @@ class MicroBatcher:
 
     async def predict_proba(self, model, X: np.ndarray) -> np.ndarray:
         """`model.predict_proba(X)`, computed in a batch with whatever else is waiting."""
+        return await self.run(_probabilities, model, X)
+
+    async def run(self, fn: Callable, model, X: np.ndarray, *row_args: np.ndarray) -> np.ndarray:
+        """`fn(model, X, *row_args)`, one output row per row of X (and of each of `row_args`), computed
+        in one call with the other waiting calls of the same `fn` and model, rows concatenated."""
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Item(model, X, future))
+        self._pending.append(_Item(fn, model, X, row_args, future))
         self._wake.set()
         return await future
-
-    async def call(self, fn: Callable, *args):
-        """Run `fn(*args)` on the model thread (e.g. saliency), between batches."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def _take_batch(self) -> list[_Item]:
         """The oldest live requests for one model, up to `max_batch_rows` rows (at least one request)."""
@@ -111,7 +119,7 @@ class MicroBatcher:
             if item.future.done():
                 self._pending.popleft()
                 continue
-            if item.model is not first.model or rows + item.rows > self.max_batch_rows:
+            if item.fn is not first.fn or item.model is not first.model or rows + item.rows > self.max_batch_rows:
                 break
             batch.append(self._pending.popleft())
             rows += item.rows
@@ -136,17 +144,21 @@ class MicroBatcher:
                 raise
 
     async def _compute(self, loop, batch: list[_Item]) -> None:
-        model = batch[0].model
-        X = batch[0].X if len(batch) == 1 else np.concatenate([item.X for item in batch])
+        fn, model = batch[0].fn, batch[0].model
+        if len(batch) == 1:
+            X, row_args = batch[0].X, batch[0].row_args
+        else:
+            X = np.concatenate([item.X for item in batch])
+            row_args = tuple(np.concatenate(column) for column in zip(*(item.row_args for item in batch)))
         try:
-            probs = await loop.run_in_executor(self._thread, model.predict_proba, X)
+            out = await loop.run_in_executor(self._thread, fn, model, X, *row_args)
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0].future, exception=exc)
                 return
             for item in batch:  # isolate the failing request: each on its own
                 try:
-                    _settle(item.future, await loop.run_in_executor(self._thread, model.predict_proba, item.X))
+                    _settle(item.future, await loop.run_in_executor(self._thread, fn, model, item.X, *item.row_args))
                 except Exception as item_exc:
                     _settle(item.future, exception=item_exc)
             return
@@ -154,7 +166,7 @@ class MicroBatcher:
         self.rows += len(X)
         start = 0
         for item in batch:
-            _settle(item.future, probs[start:start + item.rows])
+            _settle(item.future, out[start:start + item.rows])
             start += item.rows
 
 

@@ -199,3 +199,28 @@ def test_a_client_that_disconnects_cancels_its_queued_work():
     model, kept = run(scenario())
     assert [call[:, 0].tolist() for call in model.calls] == [[0.0], [7.0]]  # the leaver's row never ran
     assert kept[0, 0] == 14
+
+
+def test_saliency_is_batched_apart_from_forward_passes_and_equals_its_one_by_one_maps():
+    from types import SimpleNamespace
+
+    from app.routes import saliency_maps
+
+    network = Network(TINY_CNN, np.random.default_rng(5))
+    model = SimpleNamespace(network=network, predict_proba=network.predict_proba)
+    X = np.random.default_rng(6).random((4, 784), dtype=np.float32)
+    digits = network.predict(X)
+
+    async def scenario():
+        batcher = await started(MicroBatcher())
+        calls = [batcher.run(saliency_maps, model, X[i:i + 1], digits[i:i + 1]) for i in range(4)]
+        calls += [batcher.predict_proba(model, X[i:i + 1]) for i in range(4)]
+        out = await asyncio.gather(*calls)
+        await batcher.stop()
+        return out, batcher.batches
+
+    out, n_batches = run(scenario())
+    assert n_batches < 8  # shared passes, of one kind each (mixing them would break the shapes below)
+    for i in range(4):
+        np.testing.assert_allclose(out[i], saliency_maps(model, X[i:i + 1], digits[i:i + 1]), atol=2e-3)
+        assert out[i].shape == (1, 28, 28) and out[4 + i].shape == (1, 10)
