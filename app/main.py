@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from threadpoolctl import threadpool_limits
 
 from app.jobs import Store
@@ -21,7 +22,7 @@ from app.serving import RateLimiter, Serving, ShedWhenFull
 from app.settings import Settings
 from model.memory import SERVING, keep_freed_memory
 from model.registry import active_path
-from model.weights import Model, WeightsError, load_model
+from model.weights import Model, WeightsError, load_servable
 
 log = logging.getLogger("digits")
 
@@ -30,14 +31,15 @@ class ModelHolder:
     """The model being served, swapped for a new active one without a restart.
 
     Replacing `current` is one reference assignment, so a request holds either the old model or the
-    new one, never half of either. A broken new file is logged and reported; the last good model stays.
+    new one, never half of either. A broken new file, or one of another preprocessing version, is logged
+    and reported (`problem`, on GET /model); the last good model stays.
     """
 
     def __init__(self, weights_dir: Path) -> None:
         self.weights_dir = weights_dir
         path = active_path(weights_dir)
         self._identity = _identity(path)
-        self.current: Model = load_model(path)
+        self.current: Model = load_servable(path)
         self.problem: str | None = None
 
     def refresh(self) -> bool:
@@ -47,7 +49,7 @@ class ModelHolder:
             identity = _identity(path)
             if identity == self._identity:
                 return False
-            model = load_model(path)
+            model = load_servable(path)
         except WeightsError as exc:
             if str(exc) != self.problem:
                 log.error("keeping model %s: %s", self.current.version, exc)
@@ -164,8 +166,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 watcher.cancel()
                 await app.state.serving.stop()
 
-    app = FastAPI(title="digits", summary="Draw a digit; a NumPy network classifies it.",
-                  version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc with Swagger UI and ReDoc served by the app itself (fastapi-offline ships them),
+    # not from a CDN: the documentation works on a machine without internet.
+    app = FastAPIOffline(title="digits", summary="Draw a digit; a NumPy network classifies it.",
+                         version="0.1.0", lifespan=lifespan, favicon_url="/favicon.ico")
     app.state.settings = settings
 
     @app.exception_handler(RequestValidationError)

@@ -531,3 +531,23 @@ def test_a_full_worker_refuses_predictions_with_503_before_reading_the_body(clie
     finally:
         admission.inside = 0
     assert client.post("/predict", json={"strokes": [[[1, 1], [1, 30]]]}).status_code == 200
+
+
+@pytest.mark.parametrize("page, assets", [
+    ("/docs", ["/static-offline-docs/swagger-ui-bundle.js", "/static-offline-docs/swagger-ui.css"]),
+    ("/redoc", ["/static-offline-docs/redoc.standalone.js"]),
+])
+def test_the_api_docs_load_every_asset_from_the_app_itself(client, page, assets):
+    html = client.get(page).text
+    assert "cdn." not in html and "https://" not in html.replace("https://fastapi", "")  # nothing from afar
+    for asset in assets + ["/favicon.ico"]:
+        assert asset in html
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 1000, asset
+
+
+def test_the_favicon_is_served_for_pages_that_declare_none():
+    from PIL import Image
+    response = TestClient(create_app(Settings(static_dir=ROOT / "static"))).get("/favicon.ico")
+    assert response.status_code == 200
+    assert Image.open(io.BytesIO(response.content)).format == "ICO"
