@@ -192,11 +192,11 @@ def cmd_serve(args) -> int:
 
     from app.settings import Settings
     from model.registry import active_path
-    from model.weights import load_model
+    from model.weights import load_servable
 
     settings = Settings()
     settings.check_paths()
-    load_model(active_path(settings.weights_dir))  # refuse to start, with the reason, before forking workers
+    load_servable(active_path(settings.weights_dir))  # refuse to start, with the reason, before forking workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     explicit = settings.blas_threads if "DIGITS_BLAS_THREADS" in os.environ else None
     workers, threads = plan_workers(args.workers, cores, explicit)

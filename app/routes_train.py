@@ -15,7 +15,7 @@ from app.jobs import FINAL_STATES, JobConflict, job_checkpoints
 from app.schemas import JobCreated, TrainRequest
 from model.data import DataError, FILES, find_file
 from model.registry import active_path, list_models, set_active
-from model.weights import WeightsError, load_model
+from model.weights import PreprocessingMismatch, WeightsError, load_servable
 
 router = APIRouter(tags=["training"])
 EVENT_POLL_S = 0.5
@@ -213,8 +213,10 @@ def activate(version: str, request: Request) -> dict:
     if not match:
         raise HTTPException(404, f"no model version {version!r}; GET /models lists them")
     try:
-        load_model(match[0])  # a file that cannot be served is never made active
+        load_servable(match[0])  # a file that cannot be served is never made active
         set_active(weights_dir, match[0].name)
+    except PreprocessingMismatch as exc:  # a sound file, but not for this code: conflict, not bad input
+        raise HTTPException(409, f"model {version} cannot be served: {exc}") from exc
     except WeightsError as exc:
         raise HTTPException(422, f"model {version} cannot be loaded: {exc}") from exc
     request.app.state.models.refresh()

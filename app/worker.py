@@ -23,7 +23,7 @@ from model.memory import TRAINING, keep_freed_memory
 from model.pipeline import train_and_save
 from model.registry import active_path, set_active
 from model.train import Progress, Recipe, TrainingCancelled, accuracy
-from model.weights import WeightsError, load_model
+from model.weights import WeightsError, load_servable
 
 log = logging.getLogger("digits.worker")
 PROGRESS_EVERY_S = 0.5
@@ -40,7 +40,7 @@ def promotion_decision(candidate: dict, weights_dir: Path, policy: str, X_val, y
     """
     new_acc = candidate["metrics"]["val_accuracy"]
     try:
-        active = load_model(active_path(weights_dir))
+        active = load_servable(active_path(weights_dir))  # one of another preprocessing is no rival
     except WeightsError as exc:
         return True, f"promoted: there was no usable active model ({exc})"
     old_acc = accuracy(active.network, X_val, y_val)

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from model.weights import WeightsError, read_meta
+from model.weights import WeightsError, check_preprocessing, read_meta
 
 ACTIVE_FILE = "ACTIVE"
 
@@ -35,11 +35,12 @@ def _plain_name(name: str) -> bool:
 
 
 def set_active(weights_dir: Path, filename: str) -> None:
-    """Point ACTIVE at `filename` (which must be a readable weights file in the folder), atomically."""
+    """Point ACTIVE at `filename` (a readable weights file in the folder, of this code's preprocessing
+    version), atomically; WeightsError otherwise."""
     weights_dir = Path(weights_dir)
     if not _plain_name(filename):
         raise WeightsError(f"{filename!r} is not the name of a weights file in {weights_dir}")
-    read_meta(weights_dir / filename)
+    check_preprocessing(read_meta(weights_dir / filename), weights_dir / filename)
     fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".ACTIVE-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:

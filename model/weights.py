@@ -2,6 +2,7 @@
 
 Loading uses allow_pickle=False, rebuilds the network from the spec in `meta` and checks every array
 against it; anything wrong raises WeightsError naming the file. Writes are atomic (temp file, rename).
+`load_model` reads any preprocessing version; serving and activation go through `load_servable`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 from model.atomic import savez_atomically
 from model.calibrate import scaled_probabilities
 from model.network import Ensemble, Network, build_network
+from model.preprocess import PREPROCESSING_VERSION
 
 FORMAT_VERSION = 1
 META_KEY = "meta"
@@ -25,6 +27,10 @@ REQUIRED_META = ("format_version", "version", "architecture", "preprocessing_ver
 
 class WeightsError(ValueError):
     """A weights file is missing, corrupt, truncated or does not match its own architecture."""
+
+
+class PreprocessingMismatch(WeightsError):
+    """A sound weights file of a model trained on another preprocessing version than this code's."""
 
 
 @dataclass
@@ -145,3 +151,20 @@ def load_model(path: Path) -> Model:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise WeightsError(f"{path}: {exc}") from exc
     return Model(network, meta, path)
+
+
+def check_preprocessing(meta: dict, path: Path) -> None:
+    """Raise PreprocessingMismatch unless the model was trained on inputs preprocessed as this code does."""
+    trained = meta.get("preprocessing_version")
+    if trained != PREPROCESSING_VERSION:
+        raise PreprocessingMismatch(
+            f"{path}: trained on preprocessing version {trained!r}, but this code preprocesses with version "
+            f"{PREPROCESSING_VERSION}, so its answers on drawings would be wrong; retrain it (`digits train` "
+            f"or POST /train): recalibrating or re-evaluating does not help")
+
+
+def load_servable(path: Path) -> Model:
+    """`load_model`, refusing a model of another preprocessing version: for serving and activation."""
+    model = load_model(path)
+    check_preprocessing(model.meta, model.path)
+    return model

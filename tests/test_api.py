@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from app.main import create_app
 from app.settings import ROOT, Settings
 from model.network import Network
+from model.preprocess import PREPROCESSING_VERSION
 from model.registry import set_active
 from model.weights import save_model
 from model.train import TRAINABLE
@@ -23,7 +24,7 @@ TINY_SPEC = {"name": "tiny", "layers": [{"type": "dense", "n_in": 784, "n_out": 
 @pytest.fixture
 def weights_dir(tmp_path):
     network = Network(TINY_SPEC, np.random.default_rng(0))
-    save_model(tmp_path / "tiny.npz", network, {"version": "tiny-1", "preprocessing_version": 1,
+    save_model(tmp_path / "tiny.npz", network, {"version": "tiny-1", "preprocessing_version": PREPROCESSING_VERSION,
                                                 "metrics": {"test_accuracy": 0.5}})
     set_active(tmp_path, "tiny.npz")
     return tmp_path
@@ -149,7 +150,7 @@ def test_a_calibrated_model_scales_its_logits_and_says_when_it_is_not_sure(tmp_p
     X = np.random.default_rng(1).random((40, 784)).round(3).astype(np.float32)
     expected = scaled_probabilities(network.logits(X), 3.0)
     calibration = {"temperature": 3.0, "threshold": float(np.median(expected.max(axis=1)))}
-    save_model(tmp_path / "cal.npz", network, {"version": "cal-1", "preprocessing_version": 1,
+    save_model(tmp_path / "cal.npz", network, {"version": "cal-1", "preprocessing_version": PREPROCESSING_VERSION,
                                                "calibration": calibration})
     set_active(tmp_path, "cal.npz")
     settings = Settings(weights_dir=tmp_path, static_dir=ROOT / "static", db_path=tmp_path / "db.sqlite3")
@@ -402,7 +403,7 @@ def test_architectures_lists_what_a_recipe_may_name(client):
 
 def test_a_model_rewritten_under_the_active_name_is_picked_up(client, weights_dir):
     network = Network(TINY_SPEC, np.random.default_rng(9))
-    save_model(weights_dir / "tiny.npz", network, {"version": "tiny-2", "preprocessing_version": 1})
+    save_model(weights_dir / "tiny.npz", network, {"version": "tiny-2", "preprocessing_version": PREPROCESSING_VERSION})
     assert client.app.state.models.refresh() is True
     assert client.get("/model").json()["version"] == "tiny-2"
     assert client.app.state.models.refresh() is False  # nothing new since

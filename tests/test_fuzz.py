@@ -20,6 +20,7 @@ from PIL import Image
 from app.main import create_app
 from app.settings import ROOT, Settings
 from model.network import Network
+from model.preprocess import PREPROCESSING_VERSION
 from model.registry import set_active
 from model.weights import save_model
 
@@ -33,7 +34,7 @@ FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None
 def client(tmp_path_factory):
     weights = tmp_path_factory.mktemp("weights")
     save_model(weights / "tiny.npz", Network(SPEC, np.random.default_rng(0)),
-               {"version": "tiny-1", "preprocessing_version": 1, "metrics": {"test_accuracy": 0.5}})
+               {"version": "tiny-1", "preprocessing_version": PREPROCESSING_VERSION, "metrics": {"test_accuracy": 0.5}})
     set_active(weights, "tiny.npz")
     config = Settings(weights_dir=weights, static_dir=ROOT / "static", db_path=weights / "db.sqlite3",
                       max_image_pixels=250_000, max_stroke_points=2_000)

@@ -19,6 +19,7 @@ from app.settings import ROOT, Settings
 from model.calibrate import expected_calibration_error, scaled_probabilities
 from model.data import load_split
 from model.network import Network
+from model.preprocess import PREPROCESSING_VERSION
 from model.registry import set_active
 from model.report import FIGURE_FILES, N_MISTAKES_SHOWN, write_report
 from model.report_html import format_confidence
@@ -311,7 +312,7 @@ def weights_dir(tmp_path) -> Path:
     spec = {"name": "tiny", "layers": [{"type": "dense", "n_in": 784, "n_out": 16}, {"type": "relu"},
                                        {"type": "dense", "n_in": 16, "n_out": 10}]}
     save_model(tmp_path / "tiny.npz", Network(spec, np.random.default_rng(0)),
-               {"version": "tiny-1", "preprocessing_version": 1})
+               {"version": "tiny-1", "preprocessing_version": PREPROCESSING_VERSION})
     set_active(tmp_path, "tiny.npz")
     return tmp_path
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.preprocess import PREPROCESSING_VERSION
 from model.registry import ACTIVE_FILE, active_path, list_models, set_active
-from model.weights import FORMAT_VERSION, META_KEY, WeightsError, load_model, read_meta, save_model
+from model.weights import (FORMAT_VERSION, META_KEY, PreprocessingMismatch, WeightsError, load_model, load_servable,
+                           read_meta, save_model)
 
 
 def arrays_and_meta(path: Path) -> tuple[dict, dict]:
@@ -305,3 +307,28 @@ def test_no_temp_file_survives_a_failed_activation(tmp_path, write_tiny_model, m
         set_active(tmp_path, "a.npz")
     monkeypatch.undo()
     assert only_files(tmp_path) == ["a.npz"]
+
+
+# --- preprocessing version -------------------------------------------------------------------------
+
+def mismatch_message(path: Path) -> str:
+    return (rf"{path}: trained on preprocessing version {PREPROCESSING_VERSION - 1}, but this code preprocesses "
+            rf"with version {PREPROCESSING_VERSION}, .*retrain it \(`digits train` or POST /train\)")
+
+
+def test_a_model_of_another_preprocessing_version_loads_but_is_not_servable(tmp_path, write_tiny_model):
+    path = write_tiny_model(tmp_path / "old.npz", preprocessing_version=PREPROCESSING_VERSION - 1)
+    assert load_model(path).meta["preprocessing_version"] == PREPROCESSING_VERSION - 1  # evaluate, tests
+    with pytest.raises(PreprocessingMismatch, match=mismatch_message(path)):
+        load_servable(path)
+    current = write_tiny_model(tmp_path / "new.npz")
+    assert load_servable(current).meta["preprocessing_version"] == PREPROCESSING_VERSION
+
+
+def test_set_active_refuses_a_model_of_another_preprocessing_version(tmp_path, write_tiny_model):
+    write_tiny_model(tmp_path / "a.npz")
+    set_active(tmp_path, "a.npz")
+    write_tiny_model(tmp_path / "old.npz", preprocessing_version=PREPROCESSING_VERSION - 1)
+    with pytest.raises(PreprocessingMismatch, match=mismatch_message(tmp_path / "old.npz")):
+        set_active(tmp_path, "old.npz")
+    assert active_path(tmp_path) == tmp_path / "a.npz"
