@@ -6,6 +6,7 @@ transaction, so a killed process loses nothing that was committed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from model.preprocess import PREPROCESSING_VERSION
+
+log = logging.getLogger("digits.jobs")
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 QUEUE_GRACE_S = 30.0   # a queued job whose process never reported is given up after this
@@ -47,9 +51,13 @@ CREATE TABLE IF NOT EXISTS feedback (
     predicted INTEGER,
     confidence REAL,
     model_version TEXT,
-    pixels BLOB NOT NULL
+    pixels BLOB NOT NULL,
+    preprocessing_version INTEGER
 );
 """
+# Feedback rows written before they recorded their preprocessing version. Feedback arrived (77feee7)
+# after PREPROCESSING_VERSION became 2 (f879ed2), and it stayed 2 until the column existed.
+UNVERSIONED_FEEDBACK_PREPROCESSING = 2
 
 
 class JobConflict(Exception):
@@ -69,6 +77,7 @@ class Store:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            _add_feedback_preprocessing_version(db)
 
     @contextmanager
     def _connect(self):
@@ -193,16 +202,18 @@ class Store:
 
     # --- feedback -------------------------------------------------------------------------------
     def add_feedback(self, pixels: np.ndarray, label: int, predicted: int | None, confidence: float | None,
-                     model_version: str | None, max_rows: int | None = None) -> int | None:
-        """Store one preprocessed 28x28 sample with its true label; returns its id, or None (nothing
-        stored) when the table already holds `max_rows` rows. The count and the insert are one
-        statement, so processes sharing the file cannot overshoot the cap together."""
+                     model_version: str | None, max_rows: int | None = None,
+                     preprocessing_version: int = PREPROCESSING_VERSION) -> int | None:
+        """Store one 28x28 sample, preprocessed at `preprocessing_version`, with its true label; returns
+        its id, or None (nothing stored) when the table already holds `max_rows` rows. The count and the
+        insert are one statement, so processes sharing the file cannot overshoot the cap together."""
         blob = np.asarray(pixels, dtype=np.float32).reshape(784).tobytes()
         with self._connect() as db:
             cursor = db.execute("INSERT INTO feedback (created_at, label, predicted, confidence, model_version, "
-                                "pixels) SELECT ?, ?, ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM feedback) < ?",
+                                "pixels, preprocessing_version) SELECT ?, ?, ?, ?, ?, ?, ? "
+                                "WHERE (SELECT COUNT(*) FROM feedback) < ?",
                                 (time.time(), int(label), predicted, confidence, model_version, blob,
-                                 2 ** 62 if max_rows is None else max_rows))
+                                 int(preprocessing_version), 2 ** 62 if max_rows is None else max_rows))
             return int(cursor.lastrowid) if cursor.rowcount == 1 else None
 
     def feedback_summary(self) -> dict:
@@ -219,13 +230,41 @@ class Store:
                 "model_accuracy": right / total if total else None, "per_label": per_label}
 
     def feedback_samples(self, before: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Feedback as X (N, 784) float32 and y (N,) int64, oldest first: all of it, or what was sent
-        before the time `before` (a job's start, so that a resumed job trains on the same samples)."""
+        """Feedback preprocessed as this code does it, as X (N, 784) float32 and y (N,) int64, oldest
+        first: all of it, or what was sent before the time `before` (a job's start, so that a resumed
+        job trains on the same samples). Rows of other preprocessing versions are left out and counted
+        in the log: their pixels would teach a model inputs it will never see."""
+        before = float("inf") if before is None else before
         with self._connect() as db:
-            rows = db.execute("SELECT label, pixels FROM feedback WHERE created_at < ? ORDER BY id",
-                              (float("inf") if before is None else before,)).fetchall()
+            rows = db.execute("SELECT label, pixels FROM feedback WHERE created_at < ? AND "
+                              "preprocessing_version IS ? ORDER BY id", (before, PREPROCESSING_VERSION)).fetchall()
+            n_other = db.execute("SELECT COUNT(*) FROM feedback WHERE created_at < ? AND "
+                                 "preprocessing_version IS NOT ?", (before, PREPROCESSING_VERSION)).fetchone()[0]
+        if n_other:
+            log.warning("feedback: %d drawing(s) of another preprocessing version than %d left out, %d used",
+                        n_other, PREPROCESSING_VERSION, len(rows))
         X = np.array([np.frombuffer(r["pixels"], dtype=np.float32) for r in rows], dtype=np.float32)
         return X.reshape(-1, 784), np.array([r["label"] for r in rows], dtype=np.int64)
+
+
+def _add_feedback_preprocessing_version(db: sqlite3.Connection) -> None:
+    """Migrate a database from before feedback recorded its preprocessing version, in place: add the
+    column and give the rows already there the version they were written at. One transaction, checked
+    again inside it, so processes starting together migrate once and no reader sees a half-done step."""
+    def has_column() -> bool:
+        return any(row["name"] == "preprocessing_version" for row in db.execute("PRAGMA table_info(feedback)"))
+
+    if has_column():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if not has_column():
+            db.execute("ALTER TABLE feedback ADD COLUMN preprocessing_version INTEGER")
+            db.execute("UPDATE feedback SET preprocessing_version = ?", (UNVERSIONED_FEEDBACK_PREPROCESSING,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def job_checkpoints(weights_dir: Path, job_id: str) -> list[Path]:

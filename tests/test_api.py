@@ -552,3 +552,116 @@ def test_the_favicon_is_served_for_pages_that_declare_none():
     response = TestClient(create_app(Settings(static_dir=ROOT / "static"))).get("/favicon.ico")
     assert response.status_code == 200
     assert Image.open(io.BytesIO(response.content)).format == "ICO"
+
+
+# --- preprocessing versions ------------------------------------------------------------------------
+
+def save_old_preprocessing_model(path, version="old-1"):
+    """A sound tiny model, but trained on the preprocessing before this code's."""
+    save_model(path, Network(TINY_SPEC, np.random.default_rng(5)),
+               {"version": version, "preprocessing_version": PREPROCESSING_VERSION - 1})
+    return path
+
+
+def mismatch_detail(path) -> str:
+    return (f"{path}: trained on preprocessing version {PREPROCESSING_VERSION - 1}, but this code preprocesses "
+            f"with version {PREPROCESSING_VERSION}, so its answers on drawings would be wrong; retrain it "
+            f"(`digits train` or POST /train): recalibrating or re-evaluating does not help")
+
+
+def test_the_app_refuses_to_start_on_a_model_of_another_preprocessing_version(tmp_path):
+    path = save_old_preprocessing_model(tmp_path / "old.npz")
+    (tmp_path / "ACTIVE").write_text("old.npz\n")  # as an older release's set_active would have left it
+    app = create_app(Settings(weights_dir=tmp_path, static_dir=ROOT / "static", db_path=tmp_path / "db"))
+    with pytest.raises(ValueError) as info:
+        with TestClient(app):
+            pass
+    assert str(info.value) == mismatch_detail(path)
+
+
+def test_a_new_active_model_of_another_preprocessing_version_keeps_the_last_good_one(client, weights_dir):
+    path = save_old_preprocessing_model(weights_dir / "old.npz")
+    (weights_dir / "ACTIVE").write_text("old.npz\n")
+    assert client.app.state.models.refresh() is False
+    info = client.get("/model").json()
+    assert info["version"] == "tiny-1" and info["problem"] == mismatch_detail(path)
+    assert client.post("/predict", json={"pixels": [0.0] * 784}).json()["model_version"] == "tiny-1"
+
+
+def test_activating_a_model_of_another_preprocessing_version_is_a_conflict(client, weights_dir):
+    path = save_old_preprocessing_model(weights_dir / "old.npz")
+    response = client.post("/models/old-1/activate")
+    assert response.status_code == 409
+    assert response.json() == {"detail": f"model old-1 cannot be served: {mismatch_detail(path)}"}
+    assert (weights_dir / "ACTIVE").read_text() == "tiny.npz\n"
+    assert client.get("/model").json()["version"] == "tiny-1"
+
+
+def test_activating_a_broken_model_file_is_unprocessable(client, weights_dir):
+    network = Network({**TINY_SPEC, "layers": TINY_SPEC["layers"][:1]}, np.random.default_rng(0))
+    save_model(weights_dir / "cut.npz", network, {"version": "cut-1", "preprocessing_version": PREPROCESSING_VERSION})
+    with np.load(weights_dir / "cut.npz") as npz:  # drop the weights matrix: the metadata still reads
+        entries = {key: npz[key] for key in npz.files if key != "0.W"}
+    np.savez(weights_dir / "cut.npz", **entries)
+    response = client.post("/models/cut-1/activate")
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(f"model cut-1 cannot be loaded: {weights_dir / 'cut.npz'}")
+    assert (weights_dir / "ACTIVE").read_text() == "tiny.npz\n"
+
+
+def feedback_rows(db_path) -> list[tuple]:
+    import sqlite3
+    with sqlite3.connect(db_path) as db:
+        return db.execute("SELECT label, preprocessing_version FROM feedback ORDER BY id").fetchall()
+
+
+def test_feedback_rows_record_the_preprocessing_version(client, weights_dir):
+    assert client.post("/feedback", json={"strokes": [[[10, 10], [10, 200]]], "label": 1}).status_code == 201
+    assert feedback_rows(weights_dir / "db.sqlite3") == [(1, PREPROCESSING_VERSION)]
+
+
+def test_training_leaves_out_feedback_of_another_preprocessing_version_and_says_how_much(tmp_path, caplog):
+    from app.jobs import Store
+    store = Store(tmp_path / "db.sqlite3")
+    store.add_feedback(np.full(784, 0.1, np.float32), 1, None, None, "v", preprocessing_version=PREPROCESSING_VERSION - 1)
+    store.add_feedback(np.full(784, 0.2, np.float32), 2, None, None, "v")
+    store.add_feedback(np.full(784, 0.3, np.float32), 3, None, None, "v", preprocessing_version=PREPROCESSING_VERSION + 1)
+    with caplog.at_level("WARNING", logger="digits.jobs"):
+        X, y = store.feedback_samples()
+    assert y.tolist() == [2]
+    np.testing.assert_array_equal(X, np.full((1, 784), 0.2, np.float32))
+    assert (f"feedback: 2 drawing(s) of another preprocessing version than {PREPROCESSING_VERSION} left out, "
+            f"1 used") in caplog.text
+
+
+OLD_FEEDBACK_TABLE = """CREATE TABLE feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    label INTEGER NOT NULL CHECK (label BETWEEN 0 AND 9),
+    predicted INTEGER,
+    confidence REAL,
+    model_version TEXT,
+    pixels BLOB NOT NULL
+)"""
+
+
+def test_a_database_from_before_feedback_versions_is_migrated_in_place_keeping_every_row(tmp_path):
+    import sqlite3
+    from app.jobs import UNVERSIONED_FEEDBACK_PREPROCESSING, Store
+    path = tmp_path / "db.sqlite3"
+    with sqlite3.connect(path) as db:  # the table as the release before this one made it, with two rows
+        db.execute(OLD_FEEDBACK_TABLE)
+        for label in (4, 7):
+            db.execute("INSERT INTO feedback (created_at, label, predicted, confidence, model_version, pixels) "
+                       "VALUES (?, ?, 4, 0.9, 'v', ?)", (time.time(), label, np.full(784, label / 10, np.float32).tobytes()))
+    db.close()
+    store = Store(path)
+    Store(path)  # a second process starting on the migrated file changes nothing
+    assert UNVERSIONED_FEEDBACK_PREPROCESSING == 2  # the version in force while rows had no column
+    assert feedback_rows(path) == [(4, 2), (7, 2)]
+    store.add_feedback(np.zeros(784, np.float32), 9, None, None, "v")
+    assert feedback_rows(path) == [(4, 2), (7, 2), (9, PREPROCESSING_VERSION)]
+    assert store.feedback_summary()["total"] == 3
+    X, y = store.feedback_samples()
+    assert y.tolist() == [label for label, version in feedback_rows(path) if version == PREPROCESSING_VERSION]
+    assert X.shape == (len(y), 784)
