@@ -211,16 +211,53 @@ def test_serve_warns_when_listening_beyond_loopback_without_a_token(monkeypatch,
     assert "without DIGITS_ADMIN_TOKEN" not in caplog.text
 
 
-def test_calibrate_fits_a_saved_model_in_place(small_dataset, tmp_path, capsys):
-    out = tmp_path / "m.npz"
-    assert main(["train", *TRAIN_FLAGS, "--validation-size", "50", "--out", str(out)]) == 0
-    weights_before = load_model(out).network.parameters()
+def test_serve_refuses_to_start_on_a_model_of_another_preprocessing_version(monkeypatch, tmp_path, capsys,
+                                                                          write_tiny_model):
+    import uvicorn
+
+    from model.preprocess import PREPROCESSING_VERSION
+    path = write_tiny_model(tmp_path / "old.npz", preprocessing_version=PREPROCESSING_VERSION - 1)
+    (tmp_path / "ACTIVE").write_text("old.npz\n")
+    monkeypatch.setenv("DIGITS_WEIGHTS_DIR", str(tmp_path))
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(k))
+    assert main(["serve"]) == 2
+    assert not started
+    assert capsys.readouterr().err == (
+        f"digits: error: {path}: trained on preprocessing version {PREPROCESSING_VERSION - 1}, but this code "
+        f"preprocesses with version {PREPROCESSING_VERSION}, so its answers on drawings would be wrong; retrain "
+        f"it (`digits train` or POST /train): recalibrating or re-evaluating does not help\n")
+
+
+def test_calibrate_fits_a_saved_model_in_place(tmp_path, capsys, monkeypatch, write_tiny_model):
+    from model.calibrate import T_RANGE, choose_threshold, expected_calibration_error, nll, scaled_probabilities
+    rng = np.random.default_rng(0)
+    out = write_tiny_model(tmp_path / "m.npz", recipe={"validation_size": 300})
+    network = load_model(out).network
+    X = rng.random((300, 784), dtype=np.float32)
+    guess = network.logits(X).argmax(axis=1)
+    # labels the model gets right about two times in three: the best temperature lies inside T_RANGE
+    y = np.where(rng.random(300) < 0.6, guess, rng.integers(0, 10, 300))
+    asked = []
+    monkeypatch.setattr("model.data.load_mnist", lambda data_dir, validation_size=10_000: asked.append(
+        validation_size) or Dataset(X[:0], y[:0], X, y, X[:0], y[:0], checksums={}))
+    weights_before = network.parameters()
     assert main(["calibrate", str(out)]) == 0
     printed = capsys.readouterr().out
-    meta = read_meta(out)
-    c = meta["calibration"]
-    assert f"temperature {c['temperature']:.3f}" in printed and "'not sure' below" in printed
-    assert small_dataset[-1][1] == 50, "calibrated on the split the model was trained beside"
+    assert asked == [300], "calibrated on the split the model was trained beside"
+    c = read_meta(out)["calibration"]
+    # measured here from the model and its validation split, not read back from what the command wrote
+    logits = network.logits(X)
+    T = c["temperature"]
+    assert T_RANGE[0] * 1.1 < T < T_RANGE[1] / 1.1
+    assert nll(logits, y, T) <= min(nll(logits, y, t) for t in np.geomspace(*T_RANGE, 400)) + 1e-6
+    probs = scaled_probabilities(logits, T)
+    assert c["ece_after"] == pytest.approx(expected_calibration_error(probs, y), abs=1e-6)
+    assert c["ece_before"] == pytest.approx(expected_calibration_error(scaled_probabilities(logits, 1.0), y), abs=1e-6)
+    assert c["ece_after"] < c["ece_before"]
+    assert c["threshold"] == pytest.approx(choose_threshold(probs, y), abs=1e-6)
+    assert (f"calibrated {out} on its 300 validation images:\n  temperature {T:.3f}; expected calibration error "
+            f"{100 * c['ece_before']:.2f}% -> {100 * c['ece_after']:.2f}%") in printed
     for key, value in load_model(out).network.parameters().items():
         np.testing.assert_array_equal(value, weights_before[key])
 
