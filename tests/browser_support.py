@@ -2,6 +2,7 @@
 drawn with the mouse or with touch. Imported by tests/test_page*.py; no tests here."""
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -25,6 +26,17 @@ CHROMIUM = Path(os.environ.get("DIGITS_CHROMIUM", "/usr/lib/chromium/chromium"))
 
 Point = tuple[float, float]  # a fraction of the pad's width and height: (0, 0) top left, (1, 1) bottom right
 Stroke = list[Point]
+
+
+def require_playwright() -> None:
+    """Skip the calling page-test module without Playwright and its pytest plugin, or fail it under CI.
+
+    Every tests/test_page*.py calls this before importing Playwright."""
+    for module, package in (("playwright", "playwright"), ("pytest_playwright", "pytest-playwright")):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            skip_or_fail(f"the page tests need {package} ({exc}); install the dev extras: pip install -e '.[dev]'")
 
 
 def free_port() -> int:

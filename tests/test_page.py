@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("playwright")
+from browser_support import require_playwright
+
+require_playwright()
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from browser_support import (  # noqa: E402

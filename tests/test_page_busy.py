@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-pytest.importorskip("playwright")
+from browser_support import require_playwright
+
+require_playwright()
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from browser_support import ONE, SEVEN_BAR, SEVEN_STEM, ZERO, DigitsPage, draw_with_mouse  # noqa: E402

@@ -8,7 +8,9 @@ import os
 
 import pytest
 
-pytest.importorskip("playwright")
+from browser_support import require_playwright
+
+require_playwright()
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from browser_support import ONE, ROOT, SEVEN, DigitsPage, line  # noqa: E402

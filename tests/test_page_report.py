@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("playwright")
+from browser_support import require_playwright
+
+require_playwright()
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from browser_support import ROOT  # noqa: E402

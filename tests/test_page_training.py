@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("playwright")
+from browser_support import require_playwright
+
+require_playwright()
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from browser_support import ONE, ROOT, SEVEN_STEM, DigitsPage, live_server  # noqa: E402
