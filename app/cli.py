@@ -54,14 +54,10 @@ def cmd_train(args) -> int:
     from model.pipeline import train_and_save
     from model.registry import set_active
     from model.checkpoint import load_checkpoint
-    from model.train import checkpoint_files, recipe_for
+    from model.recipe import recipe_fields, recipe_for
+    from model.train import checkpoint_files
 
-    recipe = recipe_for(args.arch, epochs=args.epochs, batch_size=args.batch_size,
-                    learning_rate=args.learning_rate, lr_decay=args.lr_decay, momentum=args.momentum,
-                    optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                    l2=args.l2, seed=args.seed, augment=args.augment, validation_size=args.validation_size,
-                    members=args.members, member_architecture=args.member_arch, elastic_alpha=args.elastic_alpha,
-                    max_thickness=args.max_thickness, ema_decay=args.ema_decay)
+    recipe = recipe_for(**{f.name: getattr(args, f.name) for f in recipe_fields()})
     recipe.validate()
     data = load_mnist(resolve_data_dir(args.data_dir), validation_size=recipe.validation_size)
     bar = tqdm(total=recipe.epochs, unit="epoch", desc=f"train {recipe.architecture}")
@@ -213,10 +209,38 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from model.network import ARCHITECTURES
-    from model.train import TRAINABLE, Recipe
+# Recipe fields whose flag is shorter than the field's name
+RECIPE_FLAGS = {"architecture": "--arch", "member_architecture": "--member-arch"}
 
+
+def recipe_default_text(name: str) -> str:
+    """The field's default as --help shows it: one value, or each architecture's where they differ."""
+    from model.recipe import PER_ARCHITECTURE, TRAINABLE, recipe_for
+    if name not in PER_ARCHITECTURE:
+        return f"default: {getattr(recipe_for('seed'), name)}"
+    by_value: dict[str, list[str]] = {}
+    for arch in TRAINABLE:
+        value = getattr(recipe_for(arch), name)
+        by_value.setdefault("on" if value is True else "off" if value is False else str(value), []).append(arch)
+    return "default: " + ", ".join(f"{value} ({', '.join(archs)})" for value, archs in by_value.items())
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of model.recipe.Recipe, with its help, choices and type; bounds are checked by
+    Recipe.validate. Flags left out are None: the architecture's recipe fills them in."""
+    from model.recipe import bounds_text, recipe_fields
+    for f in recipe_fields():
+        flag = RECIPE_FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
+        bounds = f"; {bounds_text(f.bounds)}" if f.bounds else ""
+        help_text = f"{f.help}{bounds}; {recipe_default_text(f.name)}".replace("%", "%%")
+        if f.type is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=f.type, choices=f.choices, help=help_text,
+                                default=f.default if f.name == "architecture" else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digits", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -226,36 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
     fetch.set_defaults(func=cmd_fetch)
 
-    d = Recipe()
     train = sub.add_parser("train", help="train a network", description=(
-        "Options left out take the architecture's default recipe (model.train.ARCHITECTURE_RECIPES); "
-        "the defaults shown are the seed network's."), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--arch", choices=TRAINABLE, default=d.architecture,
-                       help="a network, or 'ensemble' of --members networks of --member-arch")
-    train.add_argument("--members", type=int, help=f"ensemble only; default: {d.members}")
-    train.add_argument("--member-arch", choices=ARCHITECTURES, help=f"ensemble only; default: {d.member_architecture}")
-    train.add_argument("--epochs", type=int, help=f"seed: {d.epochs}")
-    train.add_argument("--batch-size", type=int, help=f"seed: {d.batch_size}")
-    train.add_argument("--learning-rate", type=float, help=f"seed: {d.learning_rate}; with adam: 0.001")
-    train.add_argument("--lr-decay", type=float, help=f"per-epoch factor; seed: {d.lr_decay}")
-    train.add_argument("--momentum", type=float, help=f"SGD only; seed: {d.momentum}")
-    train.add_argument("--optimizer", choices=("sgd", "adam"), help=f"seed: {d.optimizer}")
-    train.add_argument("--schedule", choices=("exponential", "step", "cosine"), help=f"seed: {d.schedule}")
-    train.add_argument("--warmup-epochs", type=float, help=f"seed: {d.warmup_epochs}")
-    train.add_argument("--l2", type=float, help=f"seed: {d.l2}")
-    train.add_argument("--seed", type=int, help=f"default: {d.seed}")
-    train.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                       help="random affine distortions of every batch; seed: off, mlp and cnn: on")
-    train.add_argument("--elastic-alpha", type=float, help="with --augment: elastic distortions of this strength "
-                                                             "(Simard et al. used 34); default: 0, none")
-    train.add_argument("--max-thickness", type=float, help="with --augment: random stroke thinning/thickening "
-                                                             "up to this fraction of a pixel; default: 0, none")
-    train.add_argument("--ema-decay", type=float, help="validate and save a moving average of the weights with "
-                                                         "this decay (e.g. 0.999); default: 0, off")
-    train.add_argument("--validation-size", type=int, help=f"training images held out to choose the epoch; "
-                                                           f"default: {d.validation_size}")
+        "Options left out take the architecture's default recipe (model.recipe.ARCHITECTURE_RECIPES)."))
+    add_recipe_flags(train)
     train.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
-    train.add_argument("--weights-dir", default="weights", help="where the versioned file goes")
+    train.add_argument("--weights-dir", default="weights", help="where the versioned file goes (default: weights)")
     train.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")
     train.add_argument("--activate", action="store_true", help="make it the model the service loads")
     train.add_argument("--checkpoint", metavar="PATH",

@@ -1,12 +1,16 @@
 """Request and response models; they do the validation, so bad input is refused before NumPy runs."""
 from __future__ import annotations
 
-from dataclasses import asdict
+import dataclasses
 from itertools import chain
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator,
+                      model_validator)
+
+if TYPE_CHECKING:
+    from model.recipe import RecipeField
 
 Coordinate = Annotated[float, Field(allow_inf_nan=False)]
 INPUTS = ("image", "images", "pixels", "strokes")
@@ -124,72 +128,71 @@ class ModelInfo(BaseModel):
     problem: str | None = Field(None, description="why a newer active model could not be loaded, if so")
 
 
-class TrainRequest(BaseModel):
-    """A training recipe; every field is bounded. Omitted fields take the trainer's defaults."""
+def choice_of(name: str, choices: tuple[str, ...]):
+    """A validator: `value` must be one of `choices` (the 422 says which ones)."""
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"unknown {name.replace('_', ' ')} {value!r}; choose one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def request_field(f: RecipeField) -> tuple[Any, Any]:
+    """A request field from a recipe field: its service bounds, choices and help. A field whose default
+    depends on the architecture is optional (None: the architecture's recipe fills it in)."""
+    from model.recipe import PER_ARCHITECTURE
+    # a bound naming another field (warmup_epochs <= epochs) is checked with the whole recipe, below
+    numeric = {k: v for k, v in f.service_bounds.items() if not isinstance(v, str)}
+    hint, extra = f.type, None
+    if f.choices:
+        hint, extra = Annotated[hint, AfterValidator(choice_of(f.name, f.choices))], {"enum": list(f.choices)}
+    if f.name in PER_ARCHITECTURE:
+        return hint | None, Field(None, description=f"{f.help} (left out: the architecture's recipe, "
+                                                    "GET /architectures)", json_schema_extra=extra, **numeric)
+    return hint, Field(f.default, description=f.help, json_schema_extra=extra, **numeric)
+
+
+# What a training request adds to the recipe
+SERVICE_FIELDS: dict[str, Any] = {
+    "include_feedback": (bool, Field(False, description="mix users' labelled drawings into training")),
+    "promote": (Literal["if_better", "always"], Field("if_better", description="make the new model the active "
+                                                      "one if it beats the active one on validation, or always")),
+}
+
+
+class TrainRequestBase(BaseModel):
+    """The behaviour of a training request; its fields are added by `build_train_request`."""
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"architecture": "seed", "epochs": 1},
         {"architecture": "seed", "epochs": 10, "include_feedback": True, "promote": "always"},
     ]})
 
-    architecture: str = Field("seed", description="a named architecture the trainer knows")
-    # Fields left out (or null) take the architecture's default recipe (GET /architectures lists them).
-    epochs: int | None = Field(None, ge=1, le=200)
-    learning_rate: float | None = Field(None, gt=0, le=10)
-    lr_decay: float | None = Field(None, gt=0, le=1, description="per-epoch learning-rate factor (exponential)")
-    schedule: Literal["exponential", "step", "cosine"] | None = None
-    warmup_epochs: float | None = Field(None, ge=0, le=20, description="linear warm-up from 0 over this many epochs")
-    momentum: float | None = Field(None, ge=0, lt=1, description="SGD only")
-    optimizer: Literal["sgd", "adam"] | None = None
-    batch_size: int | None = Field(None, ge=1, le=8192)
-    l2: float | None = Field(None, ge=0, le=1)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    augment: bool | None = Field(None, description="random shifts, rotations, scaling and shear on the fly")
-    elastic_alpha: float | None = Field(None, ge=0, le=100, description="with augment: elastic distortions "
-                                                                        "of this strength (Simard et al.: 34)")
-    max_shift: float | None = Field(None, ge=0, le=10, description="with augment: largest shift, pixels")
-    max_rotation: float | None = Field(None, ge=0, le=90, description="with augment: largest rotation, degrees")
-    max_scale: float | None = Field(None, ge=0, lt=1, description="with augment: zoom in [1 - s, 1 + s]")
-    max_shear: float | None = Field(None, ge=0, le=1, description="with augment: largest shear factor")
-    max_thickness: float | None = Field(None, ge=0, le=1, description="with augment: thinning/thickening of "
-                                                                      "the ink, pixels (0 = off)")
-    ema_decay: float | None = Field(None, ge=0, lt=1, description="> 0: validate and save a moving average "
-                                                                  "of the weights")
-    include_feedback: bool = Field(False, description="mix users' labelled drawings into training")
-    validation_size: int = Field(10_000, ge=1_000, le=20_000)
-    promote: Literal["if_better", "always"] = "if_better"
-    members: int = Field(3, ge=2, le=10, description="ensemble only: how many networks to train and average")
-    member_architecture: str = Field("cnn", description="ensemble only: the members' architecture")
-
-    @field_validator("architecture")
-    @classmethod
-    def _known_architecture(cls, value: str) -> str:
-        from model.train import TRAINABLE
-        if value not in TRAINABLE:
-            raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(TRAINABLE)}")
-        return value
-
-    @field_validator("member_architecture")
-    @classmethod
-    def _known_member_architecture(cls, value: str) -> str:
-        from model.network import ARCHITECTURES
-        if value not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(ARCHITECTURES)}")
-        return value
-
     @model_validator(mode="after")
-    def _architecture_defaults(self) -> "TrainRequest":
+    def _architecture_defaults(self) -> "TrainRequestBase":
         """Fill what was left out from the architecture's recipe, so the stored job says it all."""
-        from model.train import recipe_for
-        given = self.model_dump(exclude={"promote", "include_feedback"})
+        from model.recipe import recipe_for
+        given = self.model_dump(exclude=set(SERVICE_FIELDS))
         recipe = recipe_for(**given)
         try:
             recipe.validate()
         except ValueError as exc:
             raise ValueError(f"the recipe is not valid: {exc}") from exc
-        for key, value in asdict(recipe).items():  # every field: to_dict() leaves later ones out at defaults
-            if getattr(self, key, None) is None:
+        for key, value in dataclasses.asdict(recipe).items():  # every field: to_dict() leaves later ones out
+            if getattr(self, key) is None:
                 setattr(self, key, value)
         return self
+
+
+def build_train_request() -> type[BaseModel]:
+    """The request model of POST /train: every field of model.recipe.Recipe, bounded as the service allows."""
+    from model.recipe import recipe_fields
+    return create_model("TrainRequest", __base__=TrainRequestBase, __module__=__name__,
+                        __doc__="A training recipe; every field is bounded. Omitted fields take the "
+                                "architecture's defaults.", **{f.name: request_field(f) for f in recipe_fields()},
+                        **SERVICE_FIELDS)
+
+
+TrainRequest = build_train_request()
 
 
 class JobCreated(BaseModel):

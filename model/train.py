@@ -1,6 +1,7 @@
 """The training loop: seeded minibatches, validation each epoch, progress callback and cancellation.
 
-The same `train` function serves `digits train` and the service's background jobs.
+The same `train` function serves `digits train` and the service's background jobs. The recipe it
+follows is declared in model.recipe (its names are re-exported here, where callers have found them).
 """
 from __future__ import annotations
 
@@ -8,119 +9,17 @@ import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
-from model.augment import Augmentation, augment
+from model.augment import augment
 from model.checkpoint import Checkpoint, check_resumable, data_fingerprint, load_checkpoint, save_checkpoint
-from model.network import ARCHITECTURES, Ensemble, Network
+from model.network import Ensemble, Network
 from model.optim import SGD, Adam
-
-
-SCHEDULES = ("exponential", "step", "cosine")
-ENSEMBLE = "ensemble"
-TRAINABLE = (*ARCHITECTURES, ENSEMBLE)  # what a recipe may name: a network, or an ensemble of them
-
-
-@dataclass
-class Recipe:
-    """Hyper-parameters of one training run; stored in the weights file."""
-    architecture: str = "seed"
-    epochs: int = 20
-    batch_size: int = 128
-    learning_rate: float = 0.5
-    lr_decay: float = 0.9  # "exponential" schedule: learning rate multiplied by this after every epoch
-    schedule: str = "exponential"  # or "step" (x0.1 at 50% and 75% of the epochs) or "cosine" (to 0)
-    warmup_epochs: float = 0.0  # linear ramp from 0 over this many epochs, then the schedule
-    momentum: float = 0.0  # SGD only
-    optimizer: str = "sgd"  # "sgd" or "adam"
-    l2: float = 1e-4
-    seed: int = 0
-    augment: bool = False  # random affine distortions of every batch (model.augment)
-    elastic_alpha: float = 0.0  # with augment: strength of elastic distortions on top (Simard et al.: 34)
-    validation_size: int = 10_000  # training images held out to choose the epoch
-    members: int = 3  # ensemble only: networks trained with seeds seed, seed+1, ...
-    member_architecture: str = "cnn"  # ensemble only: the members' architecture
-    # Fields added later (LATER_FIELDS): left out of `to_dict` while at their defaults, so the recipe
-    # of every older run, in its weights file and checkpoint, reads as it was written.
-    max_shift: float = Augmentation.max_shift        # with augment: the affine ranges (model.augment)
-    max_rotation: float = Augmentation.max_rotation
-    max_scale: float = Augmentation.max_scale
-    max_shear: float = Augmentation.max_shear
-    max_thickness: float = Augmentation.max_thickness  # with augment: stroke thinning/thickening, 0 = off
-    ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights
-
-    def validate(self) -> None:
-        checks = [
-            (self.architecture in TRAINABLE, f"architecture must be one of {', '.join(TRAINABLE)}"),
-            (2 <= self.members <= 10, "members must be in [2, 10]"),
-            (self.member_architecture in ARCHITECTURES,
-             f"member_architecture must be one of {', '.join(ARCHITECTURES)}"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.learning_rate > 0, "learning_rate must be positive"),
-            (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
-            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.optimizer in ("sgd", "adam"), "optimizer must be 'sgd' or 'adam'"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
-            (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs must be in [0, epochs]"),
-            (self.l2 >= 0, "l2 must be non-negative"),
-            (0 <= self.elastic_alpha <= 100, "elastic_alpha must be in [0, 100]"),
-            (0 <= self.validation_size < 60_000, "validation_size must be in [0, 60000)"),
-            (0 <= self.max_shift <= 10, "max_shift must be in [0, 10]"),
-            (0 <= self.max_rotation <= 90, "max_rotation must be in [0, 90]"),
-            (0 <= self.max_scale < 1, "max_scale must be in [0, 1)"),
-            (0 <= self.max_shear <= 1, "max_shear must be in [0, 1]"),
-            (0 <= self.max_thickness <= 1, "max_thickness must be in [0, 1]"),
-            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
-
-    def augmentation(self) -> Augmentation:
-        return Augmentation(max_shift=self.max_shift, max_rotation=self.max_rotation, max_scale=self.max_scale,
-                            max_shear=self.max_shear, elastic_alpha=self.elastic_alpha,
-                            max_thickness=self.max_thickness)
-
-
-LATER_FIELDS = {name: getattr(Recipe, name) for name in
-                ("max_shift", "max_rotation", "max_scale", "max_shear", "max_thickness", "ema_decay")}
-
-
-# Each architecture's default recipe: what `Recipe` leaves unsaid, per architecture. The mlp and cnn
-# recipes are the ones their shipped models were trained with (weights/README.md).
-ARCHITECTURE_RECIPES: dict[str, dict] = {
-    "seed": {},
-    "mlp": {"epochs": 100, "learning_rate": 0.05, "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1.0,
-            "l2": 1e-5, "augment": True},
-    "cnn": {"epochs": 22, "learning_rate": 0.05, "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1.0,
-            "l2": 5e-4, "augment": True},
-}
-# cnn_bn trains with the cnn's recipe, so that the two compare on batch normalisation alone.
-ARCHITECTURE_RECIPES["cnn_bn"] = ARCHITECTURE_RECIPES["cnn"]
-# Deotte's Kaggle recipe: Adam at 1e-3 x 0.95 per epoch, batch 64, no weight decay, Keras's
-# ImageDataGenerator at rotation 10, zoom 0.1 and shift 0.1 (2.8 px); a little wider here, with shear.
-ARCHITECTURE_RECIPES["cnn_deep"] = {
-    "epochs": 35, "batch_size": 64, "optimizer": "adam", "learning_rate": 1e-3, "lr_decay": 0.95,
-    "schedule": "exponential", "l2": 0.0, "augment": True, "max_rotation": 15.0, "max_scale": 0.15, "max_shift": 2.5}
-ADAM_LEARNING_RATE = 1e-3  # Adam diverges at SGD's rates
-
-
-def recipe_for(architecture: str, **overrides) -> Recipe:
-    """The architecture's default recipe with `overrides` (None values ignored) on top. An ensemble
-    takes its members' architecture's defaults."""
-    given = {key: value for key, value in overrides.items() if value is not None}
-    base = given.get("member_architecture", Recipe.member_architecture) if architecture == ENSEMBLE else architecture
-    fields = {**ARCHITECTURE_RECIPES.get(base, {}), **given, "architecture": architecture}
-    if fields.get("optimizer") == "adam" and "learning_rate" not in given:
-        fields["learning_rate"] = ADAM_LEARNING_RATE
-    return Recipe(**fields)
+from model.recipe import (ADAM_LEARNING_RATE, ARCHITECTURE_RECIPES, ENSEMBLE, LATER_FIELDS, SCHEDULES,  # noqa: F401
+                          TRAINABLE, Recipe, recipe_for)
 
 
 @dataclass
