@@ -6,7 +6,6 @@ import numpy as np
 
 from benchmarks import drawn_tuning
 from model.drawn import REPORT_SET, TUNING_SET, drawn_digits, drawn_inputs
-from model.weights import load_model
 
 SEED_MODEL = next(Path(__file__).resolve().parents[1].joinpath("weights").glob("seed-*.npz"))
 
@@ -17,14 +16,29 @@ def test_the_tuning_set_is_not_the_report_set():
     assert not np.array_equal(drawn_inputs(tuning), drawn_inputs(report))
 
 
-def test_sweep_scores_each_setting_as_the_model_predicts():
-    model = load_model(SEED_MODEL)
+class Answers:
+    """A stand-in model that answers `digits` (one per drawing, in order) and records what it was shown."""
+
+    def __init__(self, digits) -> None:
+        self.digits, self.shown = np.asarray(digits), []
+
+    def predict_proba(self, X):
+        self.shown.append(X)
+        return np.eye(10)[self.digits]
+
+
+def test_sweep_scores_each_setting_by_how_many_answers_match_the_labels():
     ds = drawn_digits(2, TUNING_SET["seed"])
-    table = drawn_tuning.sweep({"seed": model}, ds, [(32, 0.08), (32, 0.12)])
-    for (raster, width), row in table.items():
-        X = drawn_inputs(ds, raster=raster, stroke_width=width)
-        assert row["seed"] == (model.predict_proba(X).argmax(axis=1) == ds.labels).mean()
-    assert set(table) == {(32, 0.08), (32, 0.12)}
+    n = len(ds.labels)
+    half_right = np.where(np.arange(n) < n // 2, ds.labels, (ds.labels + 1) % 10)
+    models = {"right": Answers(ds.labels), "wrong": Answers((ds.labels + 1) % 10), "half": Answers(half_right)}
+    table = drawn_tuning.sweep(models, ds, [(32, 0.08), (32, 0.12)])
+    row = {"right": 1.0, "wrong": 0.0, "half": (n // 2) / n}
+    assert table == {(32, 0.08): row, (32, 0.12): row}
+    # each setting draws its own inputs: the thicker stroke inks more of every 28x28 input
+    thin, thick = models["right"].shown
+    assert thin.shape == thick.shape == (n, 784)
+    assert (thick > 0.5).sum(axis=1).mean() > (thin > 0.5).sum(axis=1).mean()
 
 
 def test_the_script_prints_both_sweeps_with_the_shipped_setting_marked(capsys):

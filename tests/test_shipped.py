@@ -27,9 +27,15 @@ def test_shipped_model_scores_exactly_its_recorded_test_accuracy(path, mnist_dir
     assert model.meta["data_checksums"]["t10k-images-idx3-ubyte"] == SHA256["t10k-images-idx3-ubyte"]
 
 
-def test_the_shipped_default_reaches_the_seed_target():
-    meta = load_model(active_path(WEIGHTS)).meta
-    assert meta["metrics"]["test_accuracy"] >= 0.979
+def measured_test_accuracy(path: Path, mnist_dir: Path) -> float:
+    """The model's accuracy on the MNIST test set, measured now (not read from its metadata)."""
+    X, y = load_split(mnist_dir, "t10k", {})
+    return float((load_model(path).network.predict(X) == y).mean())
+
+
+def test_the_shipped_default_reaches_the_seed_target(mnist_dir):
+    accuracy = measured_test_accuracy(active_path(WEIGHTS), mnist_dir)
+    assert accuracy >= 0.979, f"the active model scores {accuracy:.4f} on the test set"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
