@@ -8,9 +8,7 @@ import gzip
 import hashlib
 import http.client
 import logging
-import os
 import ssl
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Sequence
 
+from model.atomic import atomic_open
 from model.data import FILES, SHA256, DataError
 
 log = logging.getLogger(__name__)
@@ -107,23 +106,16 @@ def _fetch_one(stem: str, data_dir: Path, url: str, expected: str,
                on_progress: Progress | None, timeout: float) -> Path:
     """Download one mirror's copy of `stem.gz`, verify it and move it into place."""
     target = data_dir / f"{stem}.gz"
-    fd, tmp_name = tempfile.mkstemp(dir=data_dir, prefix=f".{stem}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as dest:
-            _download(url, dest, target.name, on_progress, timeout)
-            dest.flush()
-            os.fsync(dest.fileno())
+    with atomic_open(target) as dest:  # a failure below leaves the old file, if any, as it was
+        _download(url, dest, target.name, on_progress, timeout)
+        dest.flush()
         try:
-            actual = _content_sha256(tmp, gzipped=True)
+            actual = _content_sha256(Path(dest.name), gzipped=True)
         except (OSError, EOFError, zlib.error) as exc:
             raise _MirrorFailed(f"corrupt or truncated gzip ({exc})") from exc
         if actual != expected:
             raise _MirrorFailed(f"checksum mismatch (got sha256 {actual[:12]}..., expected {expected[:12]}...)")
-        os.replace(tmp, target)
-        return target
-    finally:
-        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _failure_message(stem: str, data_dir: Path, failures: list[tuple[str, _MirrorFailed]]) -> str:

@@ -4,10 +4,9 @@ Plain file operations, written atomically, so several server processes can share
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from model.atomic import write_atomically
 from model.weights import WeightsError, check_preprocessing, read_meta
 
 ACTIVE_FILE = "ACTIVE"
@@ -41,17 +40,7 @@ def set_active(weights_dir: Path, filename: str) -> None:
     if not _plain_name(filename):
         raise WeightsError(f"{filename!r} is not the name of a weights file in {weights_dir}")
     check_preprocessing(read_meta(weights_dir / filename), weights_dir / filename)
-    fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".ACTIVE-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(filename + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users (a container's app user) must read it
-        os.replace(tmp, weights_dir / ACTIVE_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(weights_dir / ACTIVE_FILE, filename + "\n")
 
 
 def list_models(weights_dir: Path) -> list[tuple[Path, dict | WeightsError]]:

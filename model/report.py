@@ -7,13 +7,12 @@ pyplot state), so importing `model/` stays NumPy-only. Every file is replaced at
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from model.atomic import write_atomically
 from model.calibrate import expected_calibration_error, reliability, scaled_probabilities
 from model.evaluate import Evaluation, evaluate
 from model.network import N_CLASSES, N_PIXELS
@@ -90,11 +89,11 @@ def write_report(model, X_test: np.ndarray, y_test: np.ndarray, out_dir: Path, t
     if history:
         figures["training.png"] = plot_training(Figure(figsize=(10, 3.2), layout="constrained"), history, best_epoch)
     for name, fig in figures.items():
-        write_atomic(out_dir / name, png_bytes(fig))
+        write_atomically(out_dir / name, png_bytes(fig))
     index = out_dir / "index.html"
     page = render_index(model.meta, found, y_test, sorted(figures), title or f"Evaluation of {model.version}",
                         N_MISTAKES_SHOWN)
-    write_atomic(index, page.encode("utf-8"))
+    write_atomically(index, page.encode("utf-8"))
     for name in FIGURE_FILES:  # an older report's figure that this one has no data for
         if name not in figures:
             (out_dir / name).unlink(missing_ok=True)
@@ -208,18 +207,3 @@ def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it over: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the server may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
