@@ -46,9 +46,9 @@ class BatchNorm(Layer):
             raise ValueError(f"batchnorm expects {self.n_features} features on the last axis, got shape {X.shape}")
         mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         if not training:
-            scale = self.params["gamma"] / np.sqrt(var + EPS)  # (C,): one multiply-add per value
+            scale, shift = self.inference_affine()
             Y = X * scale
-            Y += self.params["beta"] - mean * scale
+            Y += shift
             return Y
         axes = tuple(range(X.ndim - 1))  # every axis but the features'
         if not self.use_running_stats:
@@ -68,6 +68,11 @@ class BatchNorm(Layer):
         Y = X_hat * self.params["gamma"]
         Y += self.params["beta"]
         return Y
+
+    def inference_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift), each (C,): inference's Y = X * scale + shift, one multiply-add per value."""
+        scale = self.params["gamma"] / np.sqrt(self.buffers["running_var"] + EPS)
+        return scale, self.params["beta"] - self.buffers["running_mean"] * scale
 
     def backward(self, dY):
         """dY: the output's shape -> dX of the same shape (None for the first trainable layer); fills

@@ -70,6 +70,18 @@ class Dense(Layer):
         Z += self.params["b"]  # in place: `+ b` would allocate and fill a second (N, n_out) array
         return Z
 
+    def infer(self, X: np.ndarray, scale: np.ndarray | None = None, shift: np.ndarray | None = None,
+              relu: bool = False) -> np.ndarray:
+        """Inference forward, fused with a per-feature Y * scale + shift (batch normalisation's running
+        statistics) and a ReLU if asked, all in place on the product: (N, n_in) -> (N, n_out)."""
+        Z = self.forward(X)
+        if scale is not None:
+            Z *= scale
+            Z += shift
+        if relu:
+            np.maximum(Z, 0, out=Z)
+        return Z
+
     def backward(self, dZ):
         """dZ: (N, n_out) -> dX (N, n_in), or None for the first layer; fills grads W and b."""
         if self.param_grads:

@@ -1,11 +1,14 @@
 """A sequential network of `model.layers`, built from a JSON-able spec, plus the named architectures."""
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import numpy as np
 
-import model.conv  # noqa: F401  (registers the convolution layers with build_layer)
 from model.batchnorm import BatchNorm
-from model.layers import DTYPE, Dropout, Layer, SoftmaxCrossEntropy, build_layer, softmax
+from model.conv import Conv2D, Flatten, MaxPool2D, Reshape  # importing registers them with build_layer
+from model.layers import DTYPE, Dense, Dropout, Layer, ReLU, SoftmaxCrossEntropy, build_layer, softmax
 
 N_CLASSES = 10
 N_PIXELS = 784
@@ -161,9 +164,21 @@ class Network:
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
         """X: (N, 784) float32 -> logits (N, 10)."""
         A = X
+        if not training:
+            for step in self._inference_steps():
+                A = step(A)
+            return A
         for layer in self.layers:
             A = layer.forward(A, training)
         return A
+
+    def _inference_steps(self) -> list[Callable[[np.ndarray], np.ndarray]]:
+        """`inference_steps` of the layers, built again only when the layer list has changed."""
+        key, steps = getattr(self, "_steps", ((), []))
+        if key != tuple(self.layers):
+            steps = inference_steps(self.layers)
+            self._steps = (tuple(self.layers), steps)  # one assignment: threads see the old pair or the new
+        return steps
 
     def backward(self, dlogits: np.ndarray) -> None:
         """Back-propagate dlogits (N, 10), filling every layer's grads."""
@@ -256,6 +271,45 @@ class Network:
                 layer.param_grads = True
             if first is not None:
                 first.needs_input_grad = False
+
+
+def inference_steps(layers: list[Layer]) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """The layers as inference runs them, each step X -> Y: a convolution or dense layer fused with the
+    pooling, batch normalisation and ReLU that follow it (`Conv2D.infer`, `Dense.infer`), dropout left
+    out, reshapes as plain reshapes. No step writes to a layer, so threads can share the network."""
+    steps: list[Callable[[np.ndarray], np.ndarray]] = []
+    i = 0
+
+    def next_is(kind: type) -> Layer | None:
+        nonlocal i
+        if i < len(layers) and type(layers[i]) is kind:
+            i += 1
+            return layers[i - 1]
+        return None
+
+    while i < len(layers):
+        layer = layers[i]
+        i += 1
+        if type(layer) in (Conv2D, Dense):
+            pool = type(layer) is Conv2D and next_is(MaxPool2D) is not None
+            norm, relu = next_is(BatchNorm), next_is(ReLU) is not None
+            steps.append(partial(fused_inference, layer, pool, norm, relu))
+        elif type(layer) is Reshape:
+            steps.append(lambda X, shape=layer.shape: X.reshape((len(X),) + shape))
+        elif type(layer) is Flatten:
+            steps.append(lambda X: X.reshape(len(X), -1))
+        elif type(layer) is not Dropout:  # dropout is the identity at inference
+            steps.append(layer.forward)
+    return steps
+
+
+def fused_inference(layer: Conv2D | Dense, pool: bool, norm: BatchNorm | None, relu: bool, X: np.ndarray
+                    ) -> np.ndarray:
+    """One fused step of `inference_steps`; the normalisation's scale and shift are read at each call."""
+    scale, shift = norm.inference_affine() if norm is not None else (None, None)
+    if pool:
+        return layer.infer(X, pool, scale, shift, relu)
+    return layer.infer(X, scale=scale, shift=shift, relu=relu)
 
 
 class Ensemble:

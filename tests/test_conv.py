@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import model.conv
 from model.conv import Conv2D, Flatten, MaxPool2D, Reshape
 from model.layers import build_layer
 
@@ -155,3 +156,66 @@ def test_reshape_and_flatten_round_trip_with_their_gradients():
     np.testing.assert_array_equal(flat, X)
     assert reshape.backward(flatten.backward(flat)).shape == (3, 784)
     assert reshape.spec() == {"type": "reshape", "shape": [28, 28, 1]}
+
+
+def layer_by_layer(conv, X, pool, scale, shift, relu):
+    """The training-path forward (the convolution as it always ran) followed by the separate layers."""
+    Z = conv.forward(X, training=True)
+    if pool:
+        Z = MaxPool2D().forward(Z)
+    if scale is not None:
+        Z = Z * scale + shift
+    return np.maximum(Z, 0) if relu else Z
+
+
+# (c_in, kernel, stride, padding, H, pool, norm, relu): one channel and several, 'same' and 'valid', strides 1 and 2,
+# with and without each fused step
+FUSED = [(1, 5, 1, "same", 8, True, False, True), (3, 5, 1, "same", 6, True, True, True),
+         (2, 3, 1, "valid", 7, False, True, True), (3, 5, 2, "same", 7, False, True, False),
+         (1, 3, 1, "valid", 6, False, False, False), (2, 4, 1, "valid", 5, True, False, False)]
+
+
+@pytest.mark.parametrize("c_in, kernel, stride, padding, H, pool, norm, relu", FUSED)
+@pytest.mark.parametrize("chunk_bytes", [1, 2000, 1 << 19])  # one image a chunk, a few with a remainder, all
+def test_fused_inference_equals_convolution_then_pooling_normalisation_and_relu(
+        monkeypatch, c_in, kernel, stride, padding, H, pool, norm, relu, chunk_bytes):
+    monkeypatch.setattr(model.conv, "CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(kernel + H)
+    conv = Conv2D(c_in, 4, kernel=kernel, stride=stride, padding=padding, rng=rng)
+    conv.params["b"][:] = rng.standard_normal(4)
+    scale, shift = (rng.random(4).astype(np.float32) + 0.5, rng.standard_normal(4).astype(np.float32)) if norm \
+        else (None, None)
+    X = rng.standard_normal((7, H, H + 1 if not pool else H, c_in)).astype(np.float32)
+    out = conv.infer(X, pool, scale, shift, relu)
+    expected = layer_by_layer(conv, X, pool, scale, shift, relu)
+    assert out.shape == expected.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(conv.forward(X), layer_by_layer(conv, X, False, None, None, False), rtol=1e-6, atol=1e-6)
+
+
+def test_the_zero_border_of_a_padded_scratch_array_is_never_written(monkeypatch):
+    # Two layers whose padded inputs are both 10x10: 6x6 padded by 2 and 8x8 padded by 1 (one image a
+    # chunk for both). Had they shared one scratch array, the second's input would sit where the first
+    # reads its border.
+    monkeypatch.setattr(model.conv, "CHUNK_BYTES", 1)
+    rng = np.random.default_rng(0)
+    wide, narrow = Conv2D(2, 3, kernel=5, rng=rng), Conv2D(2, 3, kernel=3, rng=rng)
+    X_wide, X_narrow = rng.standard_normal((2, 6, 6, 2)).astype(np.float32), np.full((2, 8, 8, 2), 1e3, np.float32)
+    expected = direct_convolution(X_wide, wide.params["W"], wide.params["b"], 1, 2)
+    for _ in range(2):
+        np.testing.assert_allclose(wide.forward(X_wide), expected, rtol=1e-5, atol=1e-5)
+        narrow.forward(X_narrow)
+
+
+def test_inference_returns_a_fresh_array_and_keeps_one_scratch_size_per_layer_shape():
+    rng = np.random.default_rng(0)
+    conv = Conv2D(3, 4, kernel=5, rng=rng)
+    X1, X2 = rng.standard_normal((2, 2, 6, 6, 3)).astype(np.float32)
+    first = conv.infer(X1, pool=True, relu=True)
+    kept = first.copy()
+    conv.infer(X2, pool=True, relu=True)
+    np.testing.assert_array_equal(first, kept)  # not a view of a scratch array the second call wrote
+    n_arrays = len(model.conv._scratch.arrays)
+    for n in (1, 5, 17, 40):
+        conv.infer(rng.standard_normal((n, 6, 6, 3)).astype(np.float32), pool=True, relu=True)
+    assert len(model.conv._scratch.arrays) == n_arrays  # batch sizes do not each get scratch arrays of their own

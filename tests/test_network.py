@@ -281,3 +281,67 @@ def test_the_deep_cnn_has_no_pooling_and_ends_in_a_one_pixel_map_of_128_channels
     assert A.shape == (3, 10)
     assert [layer.kind for layer in network.layers].count("batchnorm") == 7
     assert "maxpool2d" not in [layer.kind for layer in network.layers]
+
+
+def randomise_norms(network: Network, rng) -> Network:
+    """Running statistics and affine parameters away from their initial 0/1, so they all matter."""
+    for layer in network.layers:
+        if layer.kind == "batchnorm":
+            for arrays in (layer.params, layer.buffers):
+                for key, value in arrays.items():
+                    value[...] = rng.random(value.shape) + (0.5 if key in ("gamma", "running_var") else -0.5)
+        elif "b" in layer.params:
+            layer.params["b"][...] = rng.standard_normal(layer.params["b"].shape) * 0.1
+    return network
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_the_fused_inference_pass_equals_the_layers_run_one_by_one(name, rng):
+    network = randomise_norms(Network.from_architecture(name, seed=1), rng)
+    X = rng.random((5, 784), dtype=np.float32)
+    A = X
+    for layer in network.layers:
+        A = layer.forward(A, training=False)
+    np.testing.assert_allclose(network.forward(X), A, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(network.forward(X[:1]), network.forward(X)[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_concurrent_predict_proba_calls_from_several_threads_match_single_threaded_ones(rng):
+    import threading
+    network = Network.from_architecture("cnn", seed=0)
+    batches = [rng.random((n, 784), dtype=np.float32) for n in (1, 3, 8, 21, 2, 5)]
+    expected = [network.predict_proba(X) for X in batches]
+    start, results = threading.Barrier(len(batches)), {}
+
+    def work(i):
+        start.wait()
+        results[i] = [network.predict_proba(batches[i]) for _ in range(15)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, answers in results.items():
+        for probs in answers:
+            np.testing.assert_array_equal(probs, expected[i])
+    assert len(results) == len(batches)
+
+
+def test_the_shipped_cnn_answers_as_the_layer_by_layer_forward_did_on_real_mnist(mnist_dir):
+    """The convolution's training-path forward is the inference code as it was before fusing, and it is
+    bit-for-bit unchanged: its answers are the old answers."""
+    from pathlib import Path
+
+    from model.calibrate import scaled_probabilities
+    from model.data import load_split
+    from model.weights import load_model
+    model = load_model(Path(__file__).resolve().parents[1] / "weights" / "cnn-20261125-155927-2001767b.npz")
+    X = load_split(mnist_dir, "t10k")[0][:300]
+    A = X
+    for layer in model.network.layers:
+        A = A if layer.kind == "dropout" else layer.forward(A, training=True)
+    old = scaled_probabilities(A, model.temperature)
+    for probs in (model.predict_proba(X), np.concatenate([model.predict_proba(x) for x in X[:40]])):
+        np.testing.assert_allclose(probs, old[:len(probs)], rtol=1e-5)
+        np.testing.assert_array_equal(probs.argmax(axis=1), old[:len(probs)].argmax(axis=1))
