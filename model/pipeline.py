@@ -62,6 +62,19 @@ def beyond_mnist_of(network, calibration: dict | None) -> dict:
     return beyond_mnist(lambda X: scaled_probabilities(network.logits(X), T), calibration.get("threshold", 0.0))
 
 
+def measured_meta(network, data: Dataset, val_accuracy: float, metrics: dict, **fields) -> dict:
+    """A new model's metadata: `metrics` with test accuracy (reported, never used for choices), the
+    calibration fitted on validation and behaviour beyond MNIST; `fields` (recipe, ...); and what it was
+    made from and on."""
+    calibration = calibration_of(network, data.X_val, data.y_val)
+    metrics = {"val_accuracy": val_accuracy, "test_accuracy": accuracy(network, data.X_test, data.y_test),
+               **metrics, "n_val": len(data.y_val), "n_test": len(data.y_test),
+               **beyond_mnist_of(network, calibration)}
+    return {"calibration": calibration, "preprocessing_version": PREPROCESSING_VERSION, **fields,
+            "metrics": metrics, "data_checksums": data.checksums,
+            "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}"}
+
+
 def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
                    on_progress: Callable[[Progress], None] | None = None,
                    should_stop: Callable[[], bool] | None = None,
@@ -80,33 +93,18 @@ def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
     result = train(recipe, X_train, y_train, data.X_val, data.y_val, on_progress=on_progress, should_stop=should_stop,
                    checkpoint=checkpoint)
     metrics = {
-        "val_accuracy": result.val_accuracy,
-        "test_accuracy": accuracy(result.network, data.X_test, data.y_test),
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.seconds, 2),
         "n_train": len(y_train),  # feedback copies included
-        "n_val": len(data.y_val),
-        "n_test": len(data.y_test),
     }
     if feedback is not None:
         metrics["n_feedback"] = len(feedback[1])
         metrics["n_feedback_held_out"] = 0 if y_fb_held is None else len(y_fb_held)
         metrics["feedback_accuracy"] = (accuracy(result.network, X_fb_held, y_fb_held)
                                         if y_fb_held is not None and len(y_fb_held) else None)
-    calibration = calibration_of(result.network, data.X_val, data.y_val)
-    metrics.update(beyond_mnist_of(result.network, calibration))
-    meta = {
-        "calibration": calibration,
-        "preprocessing_version": PREPROCESSING_VERSION,
-        "recipe": recipe.to_dict(),
-        "seed": recipe.seed,
-        "metrics": metrics,
-        "history": result.history,
-        "data_checksums": data.checksums,
-        "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
-        **(extra_meta or {}),
-    }
-    return save_model(out_path, result.network, meta)
+    meta = measured_meta(result.network, data, result.val_accuracy, metrics, recipe=recipe.to_dict(),
+                         seed=recipe.seed, history=result.history)
+    return save_model(out_path, result.network, {**meta, **(extra_meta or {})})
 
 
 def calibrate_saved(path: Path, data: Dataset) -> dict:
@@ -147,23 +145,11 @@ def ensemble_and_save(paths: list[Path], data: Dataset, out_path: Path) -> dict:
             raise ValueError(f"{m.version} is already an ensemble; list its members instead")
     ensemble = Ensemble.of([m.network for m in models])
     metrics = {
-        "val_accuracy": accuracy(ensemble, data.X_val, data.y_val),
-        "test_accuracy": accuracy(ensemble, data.X_test, data.y_test),
         "train_seconds": round(sum(m.meta.get("metrics", {}).get("train_seconds", 0.0) for m in models), 2),
-        "n_val": len(data.y_val),
-        "n_test": len(data.y_test),
         "members": {m.version: {k: m.meta.get("metrics", {}).get(k) for k in ("val_accuracy", "test_accuracy")}
                     for m in models},
     }
-    calibration = calibration_of(ensemble, data.X_val, data.y_val)
-    metrics.update(beyond_mnist_of(ensemble, calibration))
-    meta = {
-        "calibration": calibration,
-        "preprocessing_version": PREPROCESSING_VERSION,
-        "recipe": {"ensemble_of": [m.version for m in models], "validation_size": len(data.y_val)},
-        "members": [{"version": m.version, "recipe": m.meta.get("recipe")} for m in models],
-        "metrics": metrics,
-        "data_checksums": data.checksums,
-        "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
-    }
+    meta = measured_meta(ensemble, data, accuracy(ensemble, data.X_val, data.y_val), metrics,
+                         recipe={"ensemble_of": [m.version for m in models], "validation_size": len(data.y_val)},
+                         members=[{"version": m.version, "recipe": m.meta.get("recipe")} for m in models])
     return save_model(out_path, ensemble, meta)

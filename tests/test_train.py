@@ -417,3 +417,30 @@ def test_the_optimizers_average_follows_its_formula_and_round_trips_through_its_
     assert again.ema_steps == opt.ema_steps == 29
     scalars, arrays = (SGD(0.1) if optimizer == "sgd" else Adam(0.01)).state()
     assert "ema_steps" not in scalars and not any(k.startswith("ema/") for k in arrays)  # off: as older states
+
+
+
+def test_a_trained_and_an_ensembled_model_are_measured_and_described_alike(tmp_path):
+    from model.pipeline import ensemble_and_save
+    from model.preprocess import PREPROCESSING_VERSION
+    rng = np.random.default_rng(0)
+
+    def part(n):
+        return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)
+
+    data = Dataset(*part(200), *part(60), *part(40), checksums={"fake": "0" * 64})
+    paths = [tmp_path / f"m{seed}.npz" for seed in (1, 2)]
+    for seed, path in zip((1, 2), paths):
+        train_and_save(Recipe(epochs=1, batch_size=50, seed=seed, validation_size=60), data, path)
+    ensemble_and_save(paths, data, tmp_path / "ensemble.npz")
+
+    for path in [*paths, tmp_path / "ensemble.npz"]:
+        model = load_model(path)
+        meta, m = model.meta, model.meta["metrics"]
+        assert meta["preprocessing_version"] == PREPROCESSING_VERSION and meta["data_checksums"] == data.checksums
+        assert meta["machine"] and meta["calibration"]["temperature"] > 0
+        # measured on the data given, by the model as saved
+        assert m["val_accuracy"] == accuracy(model.network, data.X_val, data.y_val)
+        assert m["test_accuracy"] == accuracy(model.network, data.X_test, data.y_test)
+        assert (m["n_val"], m["n_test"]) == (60, 40)
+        assert {"drawn_accuracy", "drawn_not_sure", "scribbles_not_sure"} <= set(m)
