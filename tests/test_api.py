@@ -17,15 +17,13 @@ from model.registry import set_active
 from model.weights import save_model
 from model.train import TRAINABLE
 
-TINY_SPEC = {"name": "tiny", "layers": [{"type": "dense", "n_in": 784, "n_out": 16}, {"type": "relu"},
-                                        {"type": "dense", "n_in": 16, "n_out": 10}]}
+from conftest import TINY_SPEC, make_tiny_network, save_tiny_model
+
 
 
 @pytest.fixture
 def weights_dir(tmp_path):
-    network = Network(TINY_SPEC, np.random.default_rng(0))
-    save_model(tmp_path / "tiny.npz", network, {"version": "tiny-1", "preprocessing_version": PREPROCESSING_VERSION,
-                                                "metrics": {"test_accuracy": 0.5}})
+    save_tiny_model(tmp_path / "tiny.npz", version="tiny-1", metrics={"test_accuracy": 0.5})
     set_active(tmp_path, "tiny.npz")
     return tmp_path
 
@@ -146,7 +144,7 @@ def test_explain_returns_a_saliency_map_that_follows_the_network_gradient(client
 
 def test_a_calibrated_model_scales_its_logits_and_says_when_it_is_not_sure(tmp_path):
     from model.calibrate import scaled_probabilities
-    network = Network(TINY_SPEC, np.random.default_rng(0))
+    network = make_tiny_network(0)
     X = np.random.default_rng(1).random((40, 784)).round(3).astype(np.float32)
     expected = scaled_probabilities(network.logits(X), 3.0)
     calibration = {"temperature": 3.0, "threshold": float(np.median(expected.max(axis=1)))}
@@ -402,8 +400,7 @@ def test_architectures_lists_what_a_recipe_may_name(client):
 
 
 def test_a_model_rewritten_under_the_active_name_is_picked_up(client, weights_dir):
-    network = Network(TINY_SPEC, np.random.default_rng(9))
-    save_model(weights_dir / "tiny.npz", network, {"version": "tiny-2", "preprocessing_version": PREPROCESSING_VERSION})
+    save_tiny_model(weights_dir / "tiny.npz", seed=9, version="tiny-2")
     assert client.app.state.models.refresh() is True
     assert client.get("/model").json()["version"] == "tiny-2"
     assert client.app.state.models.refresh() is False  # nothing new since
@@ -558,8 +555,7 @@ def test_the_favicon_is_served_for_pages_that_declare_none():
 
 def save_old_preprocessing_model(path, version="old-1"):
     """A sound tiny model, but trained on the preprocessing before this code's."""
-    save_model(path, Network(TINY_SPEC, np.random.default_rng(5)),
-               {"version": version, "preprocessing_version": PREPROCESSING_VERSION - 1})
+    save_tiny_model(path, seed=5, version=version, preprocessing_version=PREPROCESSING_VERSION - 1)
     return path
 
 

@@ -19,11 +19,10 @@ from app.settings import ROOT, Settings
 from model.calibrate import expected_calibration_error, scaled_probabilities
 from model.data import load_split
 from model.network import Network
-from model.preprocess import PREPROCESSING_VERSION
 from model.registry import set_active
 from model.report import FIGURE_FILES, N_MISTAKES_SHOWN, write_report
 from model.report_html import format_confidence
-from model.weights import Model, load_model, read_meta, save_model
+from model.weights import Model, load_model, read_meta
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID_TAGS = {"img", "meta", "link", "br", "hr", "input"}
@@ -308,11 +307,8 @@ def test_evaluate_without_report_writes_nothing(tiny_weights_path, mnist_dir, ca
 # ---- serving ------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def weights_dir(tmp_path) -> Path:
-    spec = {"name": "tiny", "layers": [{"type": "dense", "n_in": 784, "n_out": 16}, {"type": "relu"},
-                                       {"type": "dense", "n_in": 16, "n_out": 10}]}
-    save_model(tmp_path / "tiny.npz", Network(spec, np.random.default_rng(0)),
-               {"version": "tiny-1", "preprocessing_version": PREPROCESSING_VERSION})
+def weights_dir(tmp_path, write_tiny_model) -> Path:
+    write_tiny_model(tmp_path / "tiny.npz", version="tiny-1")
     set_active(tmp_path, "tiny.npz")
     return tmp_path
 
