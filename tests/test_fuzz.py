@@ -19,13 +19,11 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import ROOT, Settings
-from model.network import Network
 from model.preprocess import PREPROCESSING_VERSION
 from model.registry import set_active
-from model.weights import save_model
 
-SPEC = {"name": "tiny", "layers": [{"type": "dense", "n_in": 784, "n_out": 16}, {"type": "relu"},
-                                   {"type": "dense", "n_in": 16, "n_out": 10}]}
+from conftest import save_tiny_model
+
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -33,8 +31,7 @@ FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     weights = tmp_path_factory.mktemp("weights")
-    save_model(weights / "tiny.npz", Network(SPEC, np.random.default_rng(0)),
-               {"version": "tiny-1", "preprocessing_version": PREPROCESSING_VERSION, "metrics": {"test_accuracy": 0.5}})
+    save_tiny_model(weights / "tiny.npz", version="tiny-1", metrics={"test_accuracy": 0.5})
     set_active(weights, "tiny.npz")
     config = Settings(weights_dir=weights, static_dir=ROOT / "static", db_path=weights / "db.sqlite3",
                       max_image_pixels=250_000, max_stroke_points=2_000)
