@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import math
+import sqlite3
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def client(tmp_path_factory):
     save_tiny_model(weights / "tiny.npz", version="tiny-1", metrics={"test_accuracy": 0.5})
     set_active(weights, "tiny.npz")
     config = Settings(weights_dir=weights, static_dir=ROOT / "static", db_path=weights / "db.sqlite3",
-                      max_image_pixels=250_000, max_stroke_points=2_000)
+                      max_image_pixels=250_000, max_stroke_points=2_000, feedback_per_minute=100_000)
     with TestClient(create_app(config), raise_server_exceptions=False) as client:
         yield client
 
@@ -185,14 +186,35 @@ def test_pixels_are_accepted_exactly_when_right(client, pixels, explain):
         assert len(answer["predictions"]) == len(value) if not single else "digit" in answer
 
 
+def stored_feedback(client) -> list[tuple]:
+    with sqlite3.connect(client.app.state.store.path) as db:
+        return db.execute("SELECT id, label, preprocessing_version, pixels FROM feedback ORDER BY id").fetchall()
+
+
+# drawings the service must take: a few strokes of points on the canvas
+drawings = st.lists(st.lists(st.tuples(st.floats(0, 280), st.floats(0, 280)).map(list), min_size=2, max_size=20),
+                    min_size=1, max_size=3).map(lambda strokes: {"strokes": strokes})
+
+
 @FUZZ
-@given(body=near_valid_bodies(), label=st.one_of(st.integers(-3, 12), json_values))
+@given(body=st.one_of(near_valid_bodies(), drawings), label=st.one_of(st.integers(-3, 12), json_values))
 def test_feedback_bodies_get_stored_or_a_clear_4xx(client, body, label):
     body["label"] = label
+    rows_before = stored_feedback(client)
     response = client.post("/feedback", content=encode(body), headers={"content-type": "application/json"})
     assert response.status_code in (201,) or 400 <= response.status_code < 500, response.text[:300]
+    rows = stored_feedback(client)
     if response.status_code >= 400:
         assert isinstance(response.json()["detail"], str)
+        assert rows == rows_before, "a refused drawing left a row behind"
+        return
+    # a 201 means exactly one new row, under the id answered, with the label sent and 784 pixels in [0, 1]
+    assert rows[:-1] == rows_before and len(rows) == len(rows_before) + 1
+    row_id, stored_label, version, blob = rows[-1]
+    assert row_id == response.json()["id"]
+    assert stored_label == label == response.json()["label"] and version == PREPROCESSING_VERSION
+    pixels = np.frombuffer(blob, dtype=np.float32)
+    assert pixels.shape == (784,) and np.all((0 <= pixels) & (pixels <= 1))
 
 
 @FUZZ
@@ -207,8 +229,19 @@ def test_bytes_that_are_not_json_get_a_clear_4xx(client, raw):
     check_answer(response, raw)
 
 
-def test_the_service_still_answers_after_the_fuzzing(client):
+def known_answer(client) -> list[float]:
     pixels = np.zeros((28, 28))
     pixels[5:23, 13:15] = 1
     response = client.post("/predict", json={"pixels": pixels.tolist()})
-    assert response.status_code == 200 and len(response.json()["probabilities"]) == 10
+    assert response.status_code == 200, response.text[:300]
+    return response.json()["probabilities"]
+
+
+@settings(FUZZ, max_examples=40)
+@given(bodies=st.lists(st.one_of(json_values, near_valid_bodies(), st.binary(max_size=300)), min_size=1, max_size=6))
+def test_the_service_answers_as_before_after_any_run_of_bad_bodies(client, bodies):
+    before = known_answer(client)  # measured here, so the test stands on its own in any order
+    for body in bodies:
+        raw = body if isinstance(body, bytes) else encode(body)
+        client.post("/predict", content=raw, headers={"content-type": "application/json"})
+    assert known_answer(client) == before
