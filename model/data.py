@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -37,9 +37,10 @@ class DataError(ValueError):
 
 
 def default_data_dir() -> Path:
-    """The per-user cache folder used when neither --data-dir nor DIGITS_DATA_DIR is given."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "digits" / "mnist"
+    """The per-user cache folder used when neither --data-dir nor DIGITS_DATA_DIR is given: on Linux
+    $XDG_CACHE_HOME/digits/mnist (~/.cache/digits/mnist), on macOS ~/Library/Caches/digits/mnist, on
+    Windows %LOCALAPPDATA%\\digits\\Cache\\mnist (platformdirs knows each system's convention)."""
+    return platformdirs.user_cache_path("digits", appauthor=False) / "mnist"
 
 
 def find_file(data_dir: Path, stem: str) -> Path:

@@ -196,3 +196,12 @@ def test_progress_is_reported_with_increasing_byte_counts_ending_at_the_total(mi
         assert len(done) > 1 and done == sorted(set(done))
         assert {t for _, t in seen} == {len(mirror.gz[name])}
         assert done[-1] == len(mirror.gz[name])
+
+
+def test_the_default_data_folder_is_the_per_user_cache_folder(tmp_path, monkeypatch):
+    from model.data import default_data_dir
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_data_dir() == tmp_path / "cache" / "digits" / "mnist"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_dir() == tmp_path / "home" / ".cache" / "digits" / "mnist"
