@@ -391,3 +391,21 @@ def test_every_shipped_model_has_a_current_report(weights_path):
     assert ("calibration" in page.tables) == ("temperature" in (meta.get("calibration") or {})), regenerate
     assert all((folder / img["src"]).read_bytes().startswith(PNG_SIGNATURE) for img in page.images)
     assert sum(p.stat().st_size for p in folder.iterdir()) < 1_000_000
+
+
+def test_metadata_and_titles_are_shown_as_text_never_as_markup(tiny_network):
+    from types import SimpleNamespace
+
+    from model.report import analyse
+    from model.report_html import render_index
+    X = np.random.default_rng(0).random((50, 784), dtype=np.float32)
+    y = np.arange(50) % 10
+    meta = {"version": "<script>alert(1)</script>", "architecture": {"name": "a&b"}, "created_at": '"><b>',
+            "metrics": {"note": "<img src=x onerror=alert(1)>"}, "calibration": {"temperature": 1.0, "<i>": "</td>"}}
+    page = render_index(meta, analyse(SimpleNamespace(network=tiny_network, meta=meta), X, y), y,
+                        list(FIGURE_FILES), "<title>", 5)
+    for markup in ("<script>", "<img src=x", "<b>", "<i>", "<title><"):
+        assert markup not in page, markup
+    for text in ("&lt;script&gt;alert(1)&lt;/script&gt;", "a&amp;b", "&lt;img src=x onerror=alert(1)&gt;",
+                 "&lt;/td&gt;", "<title>&lt;title&gt;</title>"):
+        assert text in page, text
