@@ -100,6 +100,112 @@ def averaged_weights(network: Network, optimizer: SGD | Adam):
         network.set_parameters(own)
 
 
+@dataclass
+class Run:
+    """The state of one network's training run, all that a checkpoint holds, and where it stands."""
+    recipe: Recipe
+    network: Network
+    optimizer: SGD | Adam
+    rng: np.random.Generator        # shuffling (and, first, the network's initial weights)
+    aug_rng: np.random.Generator    # augmentation: its own stream, so augmenting leaves shuffling unchanged
+    fingerprint: str                # of the data, when checkpointing ("" otherwise)
+    best: tuple = (-1.0, 0, None)   # (validation accuracy, epoch, state) of the best epoch so far
+    history: list = field(default_factory=list)
+    first_epoch: int = 1
+    seconds_before: float = 0.0     # training time of the epochs done before a resume
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def rngs(self) -> dict[str, np.random.Generator]:
+        return generators(self.network, self.rng, self.aug_rng)
+
+    @property
+    def per_step_rate(self) -> bool:
+        """The plain exponential schedule keeps its per-epoch multiplication (so shipped models reproduce
+        bit for bit); the others set the rate at every step."""
+        return self.recipe.schedule != "exponential" or self.recipe.warmup_epochs > 0
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+
+def start_run(recipe: Recipe, fingerprint: str) -> Run:
+    """A fresh run: the seeded network and optimizer."""
+    rng = np.random.default_rng(recipe.seed)
+    network = Network.from_architecture(recipe.architecture, seed=int(rng.integers(2**31)))
+    optimizer = (SGD(recipe.learning_rate, recipe.momentum, ema_decay=recipe.ema_decay) if recipe.optimizer == "sgd"
+                 else Adam(recipe.learning_rate, ema_decay=recipe.ema_decay))
+    return Run(recipe, network, optimizer, rng, np.random.default_rng([recipe.seed, 1]), fingerprint)
+
+
+def resume_run(run: Run, checkpoint: Path) -> None:
+    """Put `run` where its checkpoint left it: network, optimizer, generators, best epoch and history.
+    CheckpointError if the checkpoint is of another recipe or other data."""
+    ckpt = load_checkpoint(checkpoint)
+    check_resumable(checkpoint, ckpt, run.recipe.to_dict(), run.fingerprint)
+    run.network.set_state(ckpt.network)
+    run.optimizer.load_state(*ckpt.optimizer)
+    for name, generator in run.rngs.items():
+        generator.bit_generator.state = ckpt.rng_states[name]
+    run.best = (ckpt.best_accuracy, ckpt.best_epoch, ckpt.best)
+    run.history, run.first_epoch, run.seconds_before = ckpt.history, ckpt.epoch + 1, ckpt.seconds
+
+
+def train_epoch(run: Run, epoch: int, X_train: np.ndarray, y_train: np.ndarray,
+                on_progress: Callable[[Progress], None] | None, should_stop: Callable[[], bool] | None,
+                report_every: int) -> float:
+    """One pass over the shuffled (and, with the recipe's `augment`, distorted) training set; returns
+    the mean loss of its steps (L2 term excluded)."""
+    recipe, network, optimizer = run.recipe, run.network, run.optimizer
+    n = len(X_train)
+    n_steps = -(-n // recipe.batch_size)
+    weight_decay = dict.fromkeys(network.weight_keys(), recipe.l2)
+    augmentation = recipe.augmentation()
+    order = run.rng.permutation(n)
+    epoch_start, loss_sum = time.perf_counter(), 0.0
+    for step in range(n_steps):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(f"cancelled in epoch {epoch}, step {step}")
+        idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+        if run.per_step_rate:
+            optimizer.learning_rate = scheduled_rate(recipe, epoch - 1 + (step + 1) / n_steps)
+        X_batch = X_train[idx] if not recipe.augment else augment(X_train[idx], run.aug_rng, augmentation)
+        # L2's gradient goes into the update, not into the gradients: fewer passes over the weights;
+        # its term in the loss is added where the loss is reported.
+        # Plain SGD takes its gradients pre-scaled by the rate: one pass fewer over the weights.
+        scale = optimizer.gradient_scale
+        loss_sum += network.loss_and_gradients(X_batch, y_train[idx], gradient_scale=scale)
+        optimizer.step(network.parameters(), network.gradients(), weight_decay, gradient_scale=scale)
+        if on_progress is not None and ((step + 1) % report_every == 0 or step + 1 == n_steps):
+            done = min((step + 1) * recipe.batch_size, n)
+            on_progress(Progress(epoch, recipe.epochs, step + 1, n_steps,
+                                 loss_sum / (step + 1) + network.l2_penalty(recipe.l2),
+                                 done / (time.perf_counter() - epoch_start)))
+    return loss_sum / n_steps
+
+
+def validate_epoch(run: Run, epoch: int, X_val: np.ndarray, y_val: np.ndarray) -> dict:
+    """Validate the epoch's weights (their moving average, with EMA) and keep them if they are the
+    best so far; returns the epoch's history record without loss and timing."""
+    record = {}
+    if run.recipe.ema_decay:
+        record["val_accuracy_raw"] = accuracy(run.network, X_val, y_val) if len(y_val) else float("nan")
+    with averaged_weights(run.network, run.optimizer):  # validate (and keep) the average, if there is one
+        val_acc = accuracy(run.network, X_val, y_val) if len(y_val) else float("nan")
+        if not len(y_val) or val_acc > run.best[0]:
+            run.best = (val_acc, epoch, {k: v.copy() for k, v in run.network.state().items()})  # buffers too
+    record["val_accuracy"] = val_acc
+    return record
+
+
+def checkpoint_run(run: Run, checkpoint: Path, epoch: int) -> None:
+    """Write the whole state after `epoch`, atomically (`model.checkpoint`)."""
+    save_checkpoint(checkpoint, Checkpoint(
+        run.recipe.to_dict(), run.fingerprint, epoch, run.network.state(), run.best[2], run.best[0], run.best[1],
+        run.history, run.optimizer.state(), {name: g.bit_generator.state for name, g in run.rngs.items()},
+        run.seconds()))
+
+
 def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
           on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
@@ -117,77 +223,29 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
     if recipe.architecture == ENSEMBLE:
         return train_ensemble(recipe, X_train, y_train, X_val, y_val, on_progress, should_stop, report_every,
                               checkpoint)
-    rng = np.random.default_rng(recipe.seed)
-    network = Network.from_architecture(recipe.architecture, seed=int(rng.integers(2**31)))
-    optimizer = (SGD(recipe.learning_rate, recipe.momentum, ema_decay=recipe.ema_decay) if recipe.optimizer == "sgd"
-                 else Adam(recipe.learning_rate, ema_decay=recipe.ema_decay))
     X_train = np.ascontiguousarray(X_train, dtype=np.float32)
-    n = len(X_train)
-    n_steps = -(-n // recipe.batch_size)
-    weight_decay = dict.fromkeys(network.weight_keys(), recipe.l2)
-    aug_rng = np.random.default_rng([recipe.seed, 1])  # its own stream: augment leaves shuffling unchanged
-    augmentation = recipe.augmentation()
-    # The plain exponential schedule keeps its per-epoch multiplication (so shipped models reproduce
-    # bit for bit); the others set the rate at every step.
-    per_step_rate = recipe.schedule != "exponential" or recipe.warmup_epochs > 0
-    best = (-1.0, 0, None)
-    history: list[dict] = []
-    first_epoch, seconds_before = 1, 0.0
-    rngs = generators(network, rng, aug_rng)
-    fingerprint = data_fingerprint(X_train, y_train, X_val, y_val) if checkpoint is not None else ""
+    run = start_run(recipe, data_fingerprint(X_train, y_train, X_val, y_val) if checkpoint is not None else "")
     if checkpoint is not None and Path(checkpoint).exists():
-        ckpt = load_checkpoint(checkpoint)
-        check_resumable(checkpoint, ckpt, recipe.to_dict(), fingerprint)
-        network.set_state(ckpt.network)
-        optimizer.load_state(*ckpt.optimizer)
-        for name, generator in rngs.items():
-            generator.bit_generator.state = ckpt.rng_states[name]
-        best = (ckpt.best_accuracy, ckpt.best_epoch, ckpt.best)
-        history, first_epoch, seconds_before = ckpt.history, ckpt.epoch + 1, ckpt.seconds
-    started = time.perf_counter()
-    for epoch in range(first_epoch, recipe.epochs + 1):
-        order = rng.permutation(n)
-        epoch_start, loss_sum = time.perf_counter(), 0.0
-        for step in range(n_steps):
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(f"cancelled in epoch {epoch}, step {step}")
-            idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-            if per_step_rate:
-                optimizer.learning_rate = scheduled_rate(recipe, epoch - 1 + (step + 1) / n_steps)
-            X_batch = X_train[idx] if not recipe.augment else augment(X_train[idx], aug_rng, augmentation)
-            # L2's gradient goes into the update, not into the gradients: fewer passes over the weights;
-            # its term in the loss is added where the loss is reported.
-            # Plain SGD takes its gradients pre-scaled by the rate: one pass fewer over the weights.
-            scale = optimizer.gradient_scale
-            loss_sum += network.loss_and_gradients(X_batch, y_train[idx], gradient_scale=scale)
-            optimizer.step(network.parameters(), network.gradients(), weight_decay, gradient_scale=scale)
-            if on_progress is not None and ((step + 1) % report_every == 0 or step + 1 == n_steps):
-                done = min((step + 1) * recipe.batch_size, n)
-                on_progress(Progress(epoch, recipe.epochs, step + 1, n_steps,
-                                     loss_sum / (step + 1) + network.l2_penalty(recipe.l2),
-                                     done / (time.perf_counter() - epoch_start)))
+        resume_run(run, checkpoint)
+    run.started = time.perf_counter()
+    n_steps = -(-len(X_train) // recipe.batch_size)
+    for epoch in range(run.first_epoch, recipe.epochs + 1):
+        epoch_start = time.perf_counter()
+        loss = train_epoch(run, epoch, X_train, y_train, on_progress, should_stop, report_every)
         epoch_seconds = time.perf_counter() - epoch_start
-        record = {"epoch": epoch, "loss": loss_sum / n_steps + network.l2_penalty(recipe.l2)}
-        if recipe.ema_decay:
-            record["val_accuracy_raw"] = accuracy(network, X_val, y_val) if len(y_val) else float("nan")
-        with averaged_weights(network, optimizer):  # validate (and keep) the average, if there is one
-            val_acc = accuracy(network, X_val, y_val) if len(y_val) else float("nan")
-            if not len(y_val) or val_acc > best[0]:
-                best = (val_acc, epoch, {k: v.copy() for k, v in network.state().items()})  # buffers too
-        record.update({"val_accuracy": val_acc, "learning_rate": optimizer.learning_rate, "seconds": epoch_seconds})
-        history.append(record)
+        record = {"epoch": epoch, "loss": loss + run.network.l2_penalty(recipe.l2),
+                  **validate_epoch(run, epoch, X_val, y_val)}
+        record.update({"learning_rate": run.optimizer.learning_rate, "seconds": epoch_seconds})
+        run.history.append(record)
         if on_progress is not None:
             on_progress(Progress(epoch, recipe.epochs, n_steps, n_steps, record["loss"],
-                                 n / epoch_seconds, val_acc, epoch_done=True))
-        if not per_step_rate:
-            optimizer.learning_rate *= recipe.lr_decay
+                                 len(X_train) / epoch_seconds, record["val_accuracy"], epoch_done=True))
+        if not run.per_step_rate:
+            run.optimizer.learning_rate *= recipe.lr_decay
         if checkpoint is not None:
-            save_checkpoint(checkpoint, Checkpoint(
-                recipe.to_dict(), fingerprint, epoch, network.state(), best[2], best[0], best[1], history,
-                optimizer.state(), {name: g.bit_generator.state for name, g in rngs.items()},
-                seconds_before + time.perf_counter() - started))
-    network.set_state(best[2])
-    return TrainResult(network, best[1], best[0], history, seconds_before + time.perf_counter() - started)
+            checkpoint_run(run, checkpoint, epoch)
+    run.network.set_state(run.best[2])
+    return TrainResult(run.network, run.best[1], run.best[0], run.history, run.seconds())
 
 
 def member_checkpoint(checkpoint: Path, i: int) -> Path:
