@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import time
 import uuid
@@ -15,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from model.preprocess import PREPROCESSING_VERSION
 
@@ -278,17 +278,13 @@ def job_checkpoint(weights_dir: Path, job_id: str) -> Path:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether `pid` runs and is not a zombie (a finished child nobody has reaped yet)."""
+    """Whether `pid` runs and is not a zombie (a finished child nobody has reaped yet), on any system
+    psutil knows (parsing /proc worked on Linux alone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+    except psutil.AccessDenied:  # it exists, under another user
         return True
 
 

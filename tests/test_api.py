@@ -704,3 +704,23 @@ def test_a_database_from_before_feedback_versions_is_migrated_in_place_keeping_e
     X, y = store.feedback_samples()
     assert y.tolist() == [label for label, version in feedback_rows(path) if version == PREPROCESSING_VERSION]
     assert X.shape == (len(y), 784)
+
+
+def test_process_alive_tells_a_running_process_from_an_unreaped_and_a_reaped_one():
+    import subprocess
+    import sys
+
+    from app.jobs import process_alive
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_alive(proc.pid)
+        proc.kill()
+        deadline = time.monotonic() + 5
+        while process_alive(proc.pid) and time.monotonic() < deadline:  # dead, not reaped yet: a zombie
+            time.sleep(0.05)
+        assert not process_alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not process_alive(proc.pid)
