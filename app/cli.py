@@ -51,8 +51,8 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from model.data import load_mnist
-    from model.pipeline import train_and_save
-    from model.registry import set_active
+    from model.train_and_save import train_and_save
+    from model.active import set_active
     from model.checkpoint import load_checkpoint
     from model.recipe import recipe_fields, recipe_for
     from model.train import checkpoint_files
@@ -103,10 +103,10 @@ def cmd_evaluate(args) -> int:
     model = load_model(Path(args.path))
     X, y = load_split(resolve_data_dir(args.data_dir), "t10k")
     print(format_evaluation(evaluate(model.network.predict(X), y), f"{model.version} on the MNIST test set"))
-    from model.drawn import beyond_mnist, evaluate_drawn, format_drawn, report_drawn_set
+    from model.drawn_digits import beyond_mnist, evaluate_drawn, format_drawn, report_drawn_set
     drawn, X_drawn = report_drawn_set()
     print("\n" + format_drawn(evaluate_drawn(model.network.predict, drawn, X_drawn),
-                              f"{model.version} on synthetic drawn digits (model.drawn)"))
+                              f"{model.version} on synthetic drawn digits (model.drawn_digits)"))
     b = beyond_mnist(model.predict_proba, model.threshold)
     print(f"'not sure' (below {100 * model.threshold:.1f}%): {100 * b['drawn_not_sure']:.1f}% of drawn digits "
           f"(the rest {100 * b['drawn_sure_accuracy']:.2f}% right), {100 * b['scribbles_not_sure']:.0f}% of "
@@ -129,7 +129,7 @@ def data_beside(path: Path, data_dir: str | None):
 
 
 def cmd_calibrate(args) -> int:
-    from model.pipeline import calibrate_saved
+    from model.train_and_save import calibrate_saved
 
     path = Path(args.path)
     c = calibrate_saved(path, data_beside(path, args.data_dir))["calibration"]
@@ -143,8 +143,8 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from model.pipeline import ensemble_and_save
-    from model.registry import set_active
+    from model.train_and_save import ensemble_and_save
+    from model.active import set_active
 
     paths = [Path(p) for p in args.members]
     data = data_beside(paths[0], args.data_dir)
@@ -187,7 +187,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from app.settings import Settings
-    from model.registry import active_path
+    from model.active import active_path
     from model.weights import load_servable
 
     settings = Settings()
@@ -297,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if args.func in (cmd_train, cmd_ensemble, cmd_evaluate, cmd_calibrate):
-        from model.memory import TRAINING, keep_freed_memory
-        keep_freed_memory(**TRAINING)  # no page faults for each step's large temporaries (model.memory)
+        from model.malloc_tuning import TRAINING, keep_freed_memory
+        keep_freed_memory(**TRAINING)  # no page faults for each step's large temporaries (model.malloc_tuning)
     try:
         return args.func(args)
     except (DataError, ValueError) as exc:

@@ -14,14 +14,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from threadpoolctl import threadpool_limits
 
-from app.jobs import Store
 from app.reports import router as reports_router
 from app.routes import router
 from app.routes_train import router as train_router
 from app.serving import RateLimiter, Serving, ShedWhenFull
 from app.settings import Settings
-from model.memory import SERVING, keep_freed_memory
-from model.registry import active_path
+from app.store import Store
+from model.active import active_path
+from model.malloc_tuning import SERVING, keep_freed_memory
 from model.weights import Model, WeightsError, load_servable
 
 log = logging.getLogger("digits")
@@ -156,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # keep it out of garbage collections. Otherwise each full collection walks all of it, pausing
             # every request in flight for tens of milliseconds (the p99 under load).
             gc.freeze()
-            # Decoding canvases allocates the same large blocks per request: keep them (model.memory).
+            # Decoding canvases allocates the same large blocks per request: keep them (model.malloc_tuning).
             if not keep_freed_memory(**SERVING):
                 log.info("malloc left as it is (not glibc): large blocks are mapped afresh per request")
             try:

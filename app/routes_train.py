@@ -11,10 +11,10 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from app.jobs import FINAL_STATES, JobConflict, job_checkpoints
 from app.schemas import JobCreated, TrainRequest
+from app.store import FINAL_STATES, JobConflict, job_checkpoints
+from model.active import active_path, list_models, set_active
 from model.data import DataError, FILES, find_file
-from model.registry import active_path, list_models, set_active
 from model.weights import PreprocessingMismatch, WeightsError, load_servable
 
 router = APIRouter(tags=["training"])

@@ -2,7 +2,7 @@
 
 Started by the service as `python -m app.worker --db ... --job ID ...`, in its own process (never in
 the server's event loop or threads), at low CPU priority so /predict keeps its latency. It calls the
-same `model.pipeline.train_and_save` as `digits train`.
+same `model.train_and_save.train_and_save` as `digits train`.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from app.jobs import Store, job_checkpoint, job_checkpoints
+from app.store import Store, job_checkpoint, job_checkpoints
+from model.active import active_path, set_active
 from model.data import load_mnist
-from model.memory import TRAINING, keep_freed_memory
-from model.pipeline import train_and_save
-from model.registry import active_path, set_active
+from model.malloc_tuning import TRAINING, keep_freed_memory
 from model.train import Progress, Recipe, TrainingCancelled, accuracy
+from model.train_and_save import train_and_save
 from model.weights import WeightsError, load_servable
 
 log = logging.getLogger("digits.worker")
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         Path("/proc/self/autogroup").write_text("10")  # against the server's: lower that weight too
     except OSError:  # no autogroup here (other kernels, containers): the nice value alone applies
         pass
-    keep_freed_memory(**TRAINING)  # no page faults for each step's large temporaries (model.memory)
+    keep_freed_memory(**TRAINING)  # no page faults for each step's large temporaries (model.malloc_tuning)
     with threadpool_limits(limits=1):  # leave the other core to the server
         state = run_job(Store(args.db), args.job, args.weights_dir, args.data_dir)
     return 0 if state in ("succeeded", "cancelled") else 1

@@ -1,6 +1,6 @@
 """Tune the strokes preprocessing for drawn digits, and compare models on drawings, on the tuning set.
 
-The drawn-digit *tuning* set (`model.drawn.TUNING_SET`: other seeds than the report's set) goes through
+The drawn-digit *tuning* set (`model.drawn_digits.TUNING_SET`: other seeds than the report's set) goes through
 the service's stroke preprocessing at several pen widths and render sizes, and every model given is
 scored on each. The report set, which metadata and reports quote, is never used to choose; neither is
 the MNIST test set.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.drawn import TUNING_SET, drawn_digits, drawn_inputs
+from model.drawn_digits import TUNING_SET, drawn_digits, drawn_inputs
 from model.preprocess import RASTER, STROKE_WIDTH
 from model.weights import WeightsError, load_model
 

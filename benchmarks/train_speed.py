@@ -24,7 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from model.data import DataError, load_split
-from model.memory import TRAINING, keep_freed_memory
+from model.malloc_tuning import TRAINING, keep_freed_memory
 from model.network import ARCHITECTURES, Network, architecture_spec
 from model.train import Progress, Recipe, train
 
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if unmeasured:
         print(f"note: no FLOP count for {', '.join(unmeasured)}; add one to FLOPS_PER_SAMPLE to time them")
 
-    # As `digits train` and the service's training jobs run: large blocks kept for reuse (model.memory).
+    # As `digits train` and the service's training jobs run: large blocks kept for reuse (model.malloc_tuning).
     tuned = keep_freed_memory(**TRAINING)
     X, y = load_training_images(args.data_dir)
     blas = ", ".join(f"{pool['internal_api']} {pool['version']} ({pool['num_threads']} threads, "

@@ -4,7 +4,7 @@ Temperature scaling (Guo et al., 2017) divides the logits by one scalar T fitted
 minimise the negative log-likelihood. It never changes which digit wins, only how sure the answer is.
 The threshold is the lowest calibrated confidence at which the answers kept are still right often
 enough (`TARGET_PRECISION`), also chosen on validation data; below it the service says "not sure".
-Given examples of drawings that are no digit at all (validation scribbles, `model.drawn.scribbles`),
+Given examples of drawings that are no digit at all (validation scribbles, `model.drawn_digits.scribbles`),
 it is raised where needed so that at least `REJECT_SHARE` of them land below it.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which model the service should serve by default: the best reader of drawings it can afford.
 
 The rule, from a model's metadata alone: among models whose forward pass fits the serving budget,
-the highest accuracy on the project's drawn-digit set (`model.drawn`), then on validation, then the
+the highest accuracy on the project's drawn-digit set (`model.drawn_digits`), then on validation, then the
 lower validation log-loss. The MNIST test set is never read here.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from model.registry import ACTIVE_FILE
+from model.active import ACTIVE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 STROKES_ONE = [[[100, 20], [102, 140], [104, 260]]]

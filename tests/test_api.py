@@ -11,11 +11,11 @@ from PIL import Image, ImageDraw
 
 from app.main import create_app
 from app.settings import ROOT, Settings
+from model.active import set_active
 from model.network import Network
 from model.preprocess import PREPROCESSING_VERSION
-from model.registry import set_active
-from model.weights import save_model
 from model.train import TRAINABLE
+from model.weights import save_model
 
 from conftest import TINY_SPEC, make_tiny_network, save_tiny_model
 
@@ -462,7 +462,7 @@ def test_a_recipe_without_learning_rate_gets_one_suited_to_its_optimizer():
 
 
 def test_a_job_state_moves_on_only_from_the_states_expected(tmp_path):
-    from app.jobs import Store
+    from app.store import Store
     store = Store(tmp_path / "db.sqlite3")
     job_id = store.create_job({"epochs": 1})
     assert store.transition(job_id, ("queued",), status="running", pid=1) is True
@@ -473,7 +473,7 @@ def test_a_job_state_moves_on_only_from_the_states_expected(tmp_path):
 
 
 def test_only_an_interrupted_job_resumes_and_only_while_nothing_else_trains(tmp_path):
-    from app.jobs import JobConflict, Store
+    from app.store import JobConflict, Store
     store = Store(tmp_path / "db.sqlite3")
     job_id = store.create_job({"epochs": 1})
     with pytest.raises(ValueError, match="is queued; only an interrupted job can be resumed"):
@@ -494,7 +494,7 @@ def test_only_an_interrupted_job_resumes_and_only_while_nothing_else_trains(tmp_
 
 
 def test_feedback_can_be_read_as_it_was_at_a_jobs_start(tmp_path):
-    from app.jobs import Store
+    from app.store import Store
     store = Store(tmp_path / "db.sqlite3")
     store.add_feedback(np.full(784, 0.5, np.float32), 3, None, None, "v")
     cut = time.time()
@@ -506,7 +506,7 @@ def test_feedback_can_be_read_as_it_was_at_a_jobs_start(tmp_path):
 
 
 def test_a_resumed_jobs_curves_drop_what_came_after_its_checkpoint(tmp_path):
-    from app.jobs import Store
+    from app.store import Store
     from app.worker import JobReporter
     from model.train import Progress
     store = Store(tmp_path / "db.sqlite3")
@@ -529,7 +529,7 @@ def test_a_worker_keeps_its_heartbeat_between_steps_until_it_is_done(tmp_path, m
     import time
 
     from app import worker
-    from app.jobs import Store
+    from app.store import Store
     store = Store(tmp_path / "db.sqlite3")
     job_id = store.create_job({"epochs": 1})
     monkeypatch.setattr(worker, "HEARTBEAT_EVERY_S", 0.05)
@@ -660,7 +660,7 @@ def test_feedback_rows_record_the_preprocessing_version(client, weights_dir):
 
 
 def test_training_leaves_out_feedback_of_another_preprocessing_version_and_says_how_much(tmp_path, caplog):
-    from app.jobs import Store
+    from app.store import Store
     store = Store(tmp_path / "db.sqlite3")
     store.add_feedback(np.full(784, 0.1, np.float32), 1, None, None, "v", preprocessing_version=PREPROCESSING_VERSION - 1)
     store.add_feedback(np.full(784, 0.2, np.float32), 2, None, None, "v")
@@ -686,7 +686,7 @@ OLD_FEEDBACK_TABLE = """CREATE TABLE feedback (
 
 def test_a_database_from_before_feedback_versions_is_migrated_in_place_keeping_every_row(tmp_path):
     import sqlite3
-    from app.jobs import UNVERSIONED_FEEDBACK_PREPROCESSING, Store
+    from app.store import UNVERSIONED_FEEDBACK_PREPROCESSING, Store
     path = tmp_path / "db.sqlite3"
     with sqlite3.connect(path) as db:  # the table as the release before this one made it, with two rows
         db.execute(OLD_FEEDBACK_TABLE)
@@ -710,7 +710,7 @@ def test_process_alive_tells_a_running_process_from_an_unreaped_and_a_reaped_one
     import subprocess
     import sys
 
-    from app.jobs import process_alive
+    from app.store import process_alive
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

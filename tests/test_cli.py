@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from app.cli import main
+from model.active import active_path
 from model.data import Dataset
-from model.registry import active_path
 from model.weights import load_model, read_meta
 
 TRAIN_FLAGS = ["--epochs", "1", "--batch-size", "50", "--seed", "4"]
@@ -134,11 +134,11 @@ def test_train_with_checkpoint_resumes_a_stopped_run_and_removes_it_when_done(sm
         kwargs["should_stop"] = lambda: calls.append(1) or len(calls) > 6  # 4 steps an epoch
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("model.pipeline.train", stopped_in_epoch_two)
+    monkeypatch.setattr("model.train_and_save.train", stopped_in_epoch_two)
     with pytest.raises(train_module.TrainingCancelled):
         main(["train", *flags, "--out", str(tmp_path / "resumed.npz")])
     assert ckpt.exists()
-    monkeypatch.setattr("model.pipeline.train", real_train)
+    monkeypatch.setattr("model.train_and_save.train", real_train)
     capsys.readouterr()
     assert main(["train", *flags, "--out", str(tmp_path / "resumed.npz")]) == 0
     assert f"resuming from {ckpt}: 1 of 3 epochs done" in capsys.readouterr().out
@@ -153,11 +153,11 @@ def test_train_with_another_recipes_checkpoint_exits_2_saying_what_differs(small
     from model import train as train_module
     ckpt = tmp_path / "run.ckpt.npz"
     real_train = train_module.train
-    monkeypatch.setattr("model.pipeline.train", lambda *a, **k: real_train(
+    monkeypatch.setattr("model.train_and_save.train", lambda *a, **k: real_train(
         *a, **{**k, "should_stop": (lambda calls=[]: calls.append(1) or len(calls) > 5)}))
     with pytest.raises(train_module.TrainingCancelled):
         main(["train", *TRAIN_FLAGS, "--epochs", "2", "--checkpoint", str(ckpt), "--weights-dir", str(tmp_path)])
-    monkeypatch.setattr("model.pipeline.train", real_train)
+    monkeypatch.setattr("model.train_and_save.train", real_train)
     assert main(["train", *TRAIN_FLAGS, "--epochs", "3", "--checkpoint", str(ckpt), "--weights-dir",
                  str(tmp_path)]) == 2
     assert "another recipe (epochs: 2 there, 3 here)" in capsys.readouterr().err

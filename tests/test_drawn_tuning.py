@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import drawn_tuning
-from model.drawn import REPORT_SET, TUNING_SET, drawn_digits, drawn_inputs
+from model.drawn_digits import REPORT_SET, TUNING_SET, drawn_digits, drawn_inputs
 
 SEED_MODEL = next(Path(__file__).resolve().parents[1].joinpath("weights").glob("seed-*.npz"))
 

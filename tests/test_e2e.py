@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from model.registry import ACTIVE_FILE
+from model.active import ACTIVE_FILE
 from model.weights import read_meta
 from server_support import STROKES_ONE, Server
 

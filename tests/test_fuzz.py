@@ -20,8 +20,8 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import ROOT, Settings
+from model.active import set_active
 from model.preprocess import PREPROCESSING_VERSION
-from model.registry import set_active
 
 from conftest import save_tiny_model
 

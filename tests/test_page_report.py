@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect  # noqa: E402
 
 from browser_support import ROOT  # noqa: E402
 from browser_support import browser_context_args, browser_type_launch_args, shipped_server  # noqa: E402, F401
-from model.registry import active_path  # noqa: E402
+from model.active import active_path  # noqa: E402
 from model.weights import read_meta  # noqa: E402
 
 pytestmark = pytest.mark.browser

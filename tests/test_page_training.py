@@ -23,7 +23,7 @@ from playwright.sync_api import Page, expect  # noqa: E402
 from browser_support import ONE, ROOT, SEVEN_STEM, DigitsPage, live_server  # noqa: E402
 from mnist_support import real_mnist_dir  # noqa: E402
 from browser_support import browser_type_launch_args  # noqa: E402, F401  (the system Chromium)
-from model.registry import active_path  # noqa: E402
+from model.active import active_path  # noqa: E402
 from model.weights import load_model, save_model  # noqa: E402
 
 pytestmark = pytest.mark.browser

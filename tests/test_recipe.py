@@ -114,7 +114,7 @@ def test_left_out_the_cli_and_the_api_both_take_the_architectures_recipe(archite
         raise KeyboardInterrupt  # stop before training
 
     monkeypatch.setattr("model.data.load_mnist", lambda *a, **k: None)
-    monkeypatch.setattr("model.pipeline.train_and_save", capture)
+    monkeypatch.setattr("model.train_and_save.train_and_save", capture)
     assert main(["train", "--arch", architecture, "--weights-dir", str(tmp_path)]) == 130
     assert built == [recipe_for(architecture)]
     request = TrainRequest(architecture=architecture).model_dump(exclude={"include_feedback", "promote"})

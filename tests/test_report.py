@@ -16,10 +16,10 @@ from PIL import Image
 from app.cli import main
 from app.main import create_app
 from app.settings import ROOT, Settings
+from model.active import set_active
 from model.calibrate import expected_calibration_error, scaled_probabilities
 from model.data import load_split
 from model.network import Network
-from model.registry import set_active
 from model.report import FIGURE_FILES, N_MISTAKES_SHOWN, write_report
 from model.report_html import format_confidence
 from model.weights import Model, load_model, read_meta

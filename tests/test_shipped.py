@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.active import active_path
 from model.data import SHA256, load_split
-from model.registry import active_path
 from model.weights import load_model
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -56,7 +56,7 @@ def fingerprint(X, labels=None) -> str:
 @pytest.fixture(scope="module")
 def report_sets():
     """The report's drawn digits and scribbles, built here rather than through beyond_mnist."""
-    from model.drawn import REPORT_SCRIBBLES, REPORT_SET, drawn_digits, drawn_inputs, scribbles
+    from model.drawn_digits import REPORT_SCRIBBLES, REPORT_SET, drawn_digits, drawn_inputs, scribbles
     drawn = drawn_digits(**REPORT_SET)
     return drawn_inputs(drawn), drawn.labels, drawn_inputs(scribbles(REPORT_SCRIBBLES["n"], REPORT_SCRIBBLES["seed"]))
 

@@ -1,4 +1,4 @@
-"""model.train and model.pipeline: reproducibility, progress, cancellation, best-epoch choice, and one
+"""model.train and model.train_and_save: reproducibility, progress, cancellation, best-epoch choice, and one
 real training run on MNIST (slow)."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 
 from model import train as train_module
 from model.data import Dataset
-from model.pipeline import train_and_save
 from model.train import Recipe, TrainingCancelled, accuracy, train
+from model.train_and_save import train_and_save
 from model.weights import load_model, read_meta
 
 
@@ -244,8 +244,8 @@ def test_train_and_save_writes_a_loadable_file_with_its_metrics(tmp_path, mnist)
     assert written["data_checksums"] == mnist.checksums and written["note"] == "test"
     # Calibrated on the validation split: the temperature minimises its NLL, and the model applies it.
     from model.calibrate import calibrate, scaled_probabilities
-    from model.drawn import drawn_inputs, scribbles
-    from model.pipeline import CALIBRATION_SCRIBBLES
+    from model.drawn_digits import drawn_inputs, scribbles
+    from model.train_and_save import CALIBRATION_SCRIBBLES
     junk = model.network.logits(drawn_inputs(scribbles(*CALIBRATION_SCRIBBLES)))
     expected = calibrate(model.network.logits(data.X_val), data.y_val, reject_logits=junk).to_dict()
     assert written["calibration"] == expected
@@ -308,7 +308,7 @@ def test_adam_and_the_mlp_with_dropout_train_reproducibly(mnist):
 
 
 def test_feedback_is_oversampled_into_training_with_a_held_out_fifth():
-    from model.pipeline import FEEDBACK_HELD_OUT, mix_feedback
+    from model.train_and_save import FEEDBACK_HELD_OUT, mix_feedback
     rng = np.random.default_rng(0)
     X_train, y_train = rng.random((1000, 784), dtype=np.float32), rng.integers(0, 10, 1000)
     X_fb, y_fb = rng.random((10, 784), dtype=np.float32), np.arange(10)
@@ -421,7 +421,7 @@ def test_the_optimizers_average_follows_its_formula_and_round_trips_through_its_
 
 
 def test_a_trained_and_an_ensembled_model_are_measured_and_described_alike(tmp_path):
-    from model.pipeline import ensemble_and_save
+    from model.train_and_save import ensemble_and_save
     from model.preprocess import PREPROCESSING_VERSION
     rng = np.random.default_rng(0)
 

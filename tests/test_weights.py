@@ -1,5 +1,5 @@
 """model.weights (the .npz format: round trip, atomic writes, every way a file can be bad) and
-model.registry (the ACTIVE file)."""
+model.active (the ACTIVE file)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.active import ACTIVE_FILE, active_path, list_models, set_active
 from model.preprocess import PREPROCESSING_VERSION
-from model.registry import ACTIVE_FILE, active_path, list_models, set_active
 from model.weights import (FORMAT_VERSION, META_KEY, PreprocessingMismatch, WeightsError, load_model, load_servable,
                            read_meta, save_model)
 

@@ -44,7 +44,7 @@ CALIBRATION_SCRIBBLES = (400, 1)  # (count, seed) of the non-digit scribbles the
 def calibration_of(network, X_val: np.ndarray, y_val: np.ndarray) -> dict | None:
     """Temperature, "not sure" threshold and ECE before/after, fitted on validation data (None without it).
     The threshold also keeps most synthetic non-digit scribbles out (`model.calibrate.REJECT_SHARE`)."""
-    from model.drawn import fixed_inputs
+    from model.drawn_digits import fixed_inputs
 
     if not len(y_val):
         return None
@@ -53,9 +53,9 @@ def calibration_of(network, X_val: np.ndarray, y_val: np.ndarray) -> dict | None
 
 
 def beyond_mnist_of(network, calibration: dict | None) -> dict:
-    """`model.drawn.beyond_mnist` for a network and its calibration (or none)."""
+    """`model.drawn_digits.beyond_mnist` for a network and its calibration (or none)."""
     from model.calibrate import scaled_probabilities
-    from model.drawn import beyond_mnist
+    from model.drawn_digits import beyond_mnist
 
     calibration = calibration or {}
     T = calibration.get("temperature", 1.0)

@@ -1,4 +1,4 @@
-"""model.drawn: synthetic pen-stroke digits, drawn as the page records them and read as the service reads them."""
+"""model.drawn_digits: synthetic pen-stroke digits, drawn as the page records them and read as the service reads them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.drawn import (CANVAS, DrawnSet, drawn_digits, drawn_inputs, evaluate_drawn, format_drawn, scribbles,
+from model.drawn_digits import (CANVAS, DrawnSet, drawn_digits, drawn_inputs, evaluate_drawn, format_drawn, scribbles,
                          stroke_templates)
 from model.weights import load_model
 
@@ -102,7 +102,7 @@ def test_scribbles_are_drawn_and_preprocess_like_any_drawing():
 
 
 def test_beyond_mnist_counts_not_sure_answers_on_drawings_and_scribbles():
-    from model.drawn import REPORT_SCRIBBLES, REPORT_SET, beyond_mnist
+    from model.drawn_digits import REPORT_SCRIBBLES, REPORT_SET, beyond_mnist
     ds = drawn_digits(**REPORT_SET)
     n_junk = REPORT_SCRIBBLES["n"]
 

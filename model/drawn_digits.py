@@ -270,7 +270,7 @@ def format_drawn(result: dict, title: str) -> str:
 
 
 REPORT_SET = {"per_style": 40, "seed": 0}   # the drawn digits that reports and metadata quote
-REPORT_SCRIBBLES = {"n": 400, "seed": 0}    # calibration fits on other seeds (model.pipeline)
+REPORT_SCRIBBLES = {"n": 400, "seed": 0}    # calibration fits on other seeds (model.train_and_save)
 # What preprocessing and augmentation are tuned on (benchmarks/drawn_tuning.py): other drawings than the
 # report's, so that the figures reports quote were never used to choose anything.
 TUNING_SET = {"per_style": 20, "seed": 1}

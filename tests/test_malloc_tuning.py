@@ -1,4 +1,4 @@
-"""model.memory: with glibc keeping freed blocks, repeated large temporaries stop faulting in fresh pages.
+"""model.malloc_tuning: with glibc keeping freed blocks, repeated large temporaries stop faulting in fresh pages.
 
 Each check runs in a child process: malloc settings are process-wide, and the child's are its own. The
 child starts with glibc's small fixed thresholds (the MALLOC_*_THRESHOLD_ variables, which also switch
@@ -18,7 +18,7 @@ CANVAS = """
 import io, resource
 from PIL import Image, ImageDraw
 from app.images import decode_image
-from model.memory import SERVING, keep_freed_memory
+from model.malloc_tuning import SERVING, keep_freed_memory
 from model.preprocess import preprocess_image
 
 canvas = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
@@ -43,7 +43,7 @@ print(untuned, faults_per_call())
 CNN_STEP = """
 import resource
 import numpy as np
-from model.memory import TRAINING, keep_freed_memory
+from model.malloc_tuning import TRAINING, keep_freed_memory
 from model.network import Network
 
 rng = np.random.default_rng(0)
@@ -89,6 +89,6 @@ def test_repeated_large_temporaries_fault_in_no_fresh_pages(script, at_least):
 
 @pytest.mark.parametrize("largest, keep", [(0, 2**20), (-5, 2**20), (2**21, 2**20), (2**20, 2**31)])
 def test_values_out_of_range_are_refused_before_reaching_malloc(largest, keep):
-    from model.memory import keep_freed_memory
+    from model.malloc_tuning import keep_freed_memory
     with pytest.raises(ValueError, match="need 0 < largest <= keep"):
         keep_freed_memory(largest, keep)
