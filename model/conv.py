@@ -42,7 +42,8 @@ class Reshape(Layer):
         self.shape = tuple(int(s) for s in shape)
 
     def forward(self, X, training=False):
-        self._in_shape = X.shape
+        if training:  # only backward needs it; inference writes nothing to a layer (threads share it)
+            self._in_shape = X.shape
         return X.reshape((len(X),) + self.shape)
 
     def backward(self, dY):
@@ -261,7 +262,8 @@ class Flatten(Layer):
     kind = "flatten"
 
     def forward(self, X, training=False):
-        self._in_shape = X.shape
+        if training:  # only backward needs it; inference writes nothing to a layer (threads share it)
+            self._in_shape = X.shape
         return X.reshape(len(X), -1)
 
     def backward(self, dY):

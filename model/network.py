@@ -1,6 +1,7 @@
 """A sequential network of `model.layers`, built from a JSON-able spec, plus the named architectures."""
 from __future__ import annotations
 
+import copy
 from functools import partial
 from typing import Callable
 
@@ -237,40 +238,33 @@ class Network:
 
         Positive where more ink would make the class more likely. Runs the inference network (no
         dropout, batch normalisation by its running statistics, left unchanged) with the caches that
-        backward needs, and skips the parameter gradients.
+        backward needs, and skips the parameter gradients. It works on shallow copies of the layers:
+        they share the parameters and buffers (only read here) but keep their own flags and caches, so
+        several threads may ask one network for saliency at once.
         """
         X = np.asarray(X)
         X = (X if X.dtype == np.float64 else X.astype(DTYPE)).reshape(len(X), -1)  # float64 for gradient checks
-        dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
-        norms = [layer for layer in self.layers if isinstance(layer, BatchNorm)]
-        first = next((layer for layer in self.layers if layer.params), None)
-        rates = [layer.rate for layer in dropouts]
-        try:
-            for layer in dropouts:
+        layers = [copy.copy(layer) for layer in self.layers]
+        for layer in layers:
+            layer.param_grads = False
+            if isinstance(layer, Dropout):
                 layer.rate = 0.0
-            for layer in norms:
+            elif isinstance(layer, BatchNorm):
                 layer.use_running_stats = True
-            for layer in self.layers:
-                layer.param_grads = False
-            if first is not None:
-                first.needs_input_grad = True
-            probs = softmax(self.forward(X, training=True))
-            # d log softmax_c / d logits = onehot(c) - probs
-            dlogits = -probs
-            dlogits[np.arange(len(X)), classes] += 1
-            dA = dlogits
-            for layer in reversed(self.layers):
-                dA = layer.backward(dA)
-            return dA.reshape(X.shape)
-        finally:
-            for layer, rate in zip(dropouts, rates):
-                layer.rate = rate
-            for layer in norms:
-                layer.use_running_stats = False
-            for layer in self.layers:
-                layer.param_grads = True
-            if first is not None:
-                first.needs_input_grad = False
+        first = next((layer for layer in layers if layer.params), None)
+        if first is not None:
+            first.needs_input_grad = True
+        A = X
+        for layer in layers:
+            A = layer.forward(A, training=True)
+        probs = softmax(A)
+        # d log softmax_c / d logits = onehot(c) - probs
+        dlogits = -probs
+        dlogits[np.arange(len(X)), classes] += 1
+        dA = dlogits
+        for layer in reversed(layers):
+            dA = layer.backward(dA)
+        return dA.reshape(X.shape)
 
 
 def inference_steps(layers: list[Layer]) -> list[Callable[[np.ndarray], np.ndarray]]:

@@ -150,9 +150,9 @@ def test_a_kernel_larger_than_a_valid_map_is_refused():
 def test_reshape_and_flatten_round_trip_with_their_gradients():
     X = np.random.default_rng(0).random((3, 784)).astype(np.float32)
     reshape, flatten = Reshape([28, 28, 1]), Flatten()
-    images = reshape.forward(X)
+    images = reshape.forward(X, training=True)
     assert images.shape == (3, 28, 28, 1)
-    flat = flatten.forward(images)
+    flat = flatten.forward(images, training=True)
     np.testing.assert_array_equal(flat, X)
     assert reshape.backward(flatten.backward(flat)).shape == (3, 784)
     assert reshape.spec() == {"type": "reshape", "shape": [28, 28, 1]}
@@ -219,3 +219,14 @@ def test_inference_returns_a_fresh_array_and_keeps_one_scratch_size_per_layer_sh
     for n in (1, 5, 17, 40):
         conv.infer(rng.standard_normal((n, 6, 6, 3)).astype(np.float32), pool=True, relu=True)
     assert len(model.conv._scratch.arrays) == n_arrays  # batch sizes do not each get scratch arrays of their own
+
+
+def test_reshape_and_flatten_write_nothing_to_the_layer_at_inference(rng):
+    from model.conv import Flatten, Reshape
+    for layer, X in ((Reshape([28, 28, 1]), rng.random((2, 784), dtype=np.float32)),
+                     (Flatten(), rng.random((2, 4, 4, 3), dtype=np.float32))):
+        before = dict(vars(layer))
+        layer.forward(X)
+        assert vars(layer) == before
+        layer.forward(X, training=True)
+        np.testing.assert_array_equal(layer.backward(layer.forward(X, training=True)), X)

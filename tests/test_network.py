@@ -328,6 +328,38 @@ def test_concurrent_predict_proba_calls_from_several_threads_match_single_thread
     assert len(results) == len(batches)
 
 
+@pytest.mark.parametrize("architecture", ["cnn", "cnn_bn"])
+def test_concurrent_saliency_calls_on_one_network_match_single_threaded_ones(rng, architecture):
+    """Saliency (explain) runs the training-mode passes with their caches; several threads asking one
+    network at once must not see each other's caches, flags or dropout."""
+    import threading
+    network = Network.from_architecture(architecture, seed=0)
+    batches = [rng.random((n, 784), dtype=np.float32) for n in (1, 3, 8, 2, 5, 4)]
+    classes = [np.arange(len(X)) % 10 for X in batches]
+    expected = [network.input_gradient(X, c) for X, c in zip(batches, classes)]
+    start, results, failures = threading.Barrier(len(batches)), {}, []
+
+    def work(i):
+        start.wait()
+        try:
+            results[i] = [network.input_gradient(batches[i], classes[i]) for _ in range(10)]
+        except Exception as exc:  # a race shows as a shape error as often as a wrong answer
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    for i, answers in results.items():
+        for saliency in answers:
+            np.testing.assert_array_equal(saliency, expected[i])
+    # and the network itself was left as it was: training still uses dropout and its own flags
+    assert all(layer.param_grads for layer in network.layers)
+    assert [layer.rate for layer in network.layers if layer.kind == "dropout"] == [0.5]
+
+
 def test_the_shipped_cnn_answers_as_the_layer_by_layer_forward_did_on_real_mnist(mnist_dir):
     """The convolution's training-path forward is the inference code as it was before fusing, and it is
     bit-for-bit unchanged: its answers are the old answers."""
