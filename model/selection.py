@@ -6,10 +6,13 @@ lower validation log-loss. The MNIST test set is never read here.
 """
 from __future__ import annotations
 
-# Forward-pass work per image that the service affords: with the micro-batched serving path, one
-# worker on the 2-core host answered strokes at c=16 with p99 29-35 ms for the 23-MFLOP cnn and
-# 177 ms for the 95-MFLOP ensemble (benchmarks/README.md, 2026-12-03); the 50 ms p99 target scales
-# to about 32 MFLOP. A model near the line is measured with benchmarks/serve_load.py before it ships.
+# Forward-pass work per image that the service affords. With the micro-batched serving path, one
+# worker on the 2-core host (16 concurrent requests; benchmarks/README.md, 2026-12-03) answered the
+# page's own request (strokes with saliency) at p99 48-56 ms with the 23-MFLOP cnn and 120 ms with
+# the 94-MFLOP ensemble, and plain strokes at 29-33 ms and 43-50 ms: the ensemble has no margin left
+# on strokes, misses the page's request by more than twice, and serves half the requests before it
+# sheds load. 32 MFLOP leaves the cnn's margin; a model near the line is measured with
+# benchmarks/serve_load.py before it ships.
 SERVING_BUDGET_MFLOP = 32.0
 
 
