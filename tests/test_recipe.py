@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from app.cli import RECIPE_FLAGS, build_parser, main
 from app.schemas import TrainRequest
-from model.recipe import TRAINABLE, Recipe, recipe_fields, recipe_for
+from model.recipe import TRAINABLE, Recipe, fine_tune_recipe, recipe_fields, recipe_for
 
 FIELDS = recipe_fields()
 
@@ -30,8 +30,8 @@ def just_outside(f, bounds: dict) -> list:
     step = 1 if f.type is int else 1e-6
     values = []
     for kind, limit in bounds.items():
-        if isinstance(limit, str):
-            limit = getattr(Recipe(), limit)
+        if isinstance(limit, str):  # the other field's default for the architecture the flags default to
+            limit = getattr(recipe_for(Recipe.architecture), limit)
         values.append({"ge": limit - step, "gt": limit, "le": limit + step, "lt": limit}[kind])
     return values
 
@@ -123,15 +123,16 @@ def test_left_out_the_cli_and_the_api_both_take_the_architectures_recipe(archite
 
 def test_help_shows_each_architectures_default_where_they_differ_and_one_default_where_not():
     actions = train_actions()
-    assert actions["epochs"].help.endswith("default: 20 (seed), 100 (mlp), 22 (cnn, cnn_bn, ensemble), 35 (cnn_deep)")
-    assert actions["augment"].help.endswith("default: off (seed), on (mlp, cnn, cnn_bn, cnn_deep, ensemble)")
+    assert actions["epochs"].help.endswith("default: 30 (seed), 100 (mlp), 22 (cnn, cnn_bn, ensemble), 35 (cnn_deep)")
+    assert actions["augment"].help.endswith("default: on (seed, mlp, cnn, cnn_bn, cnn_deep, ensemble)")
+    assert actions["momentum"].help.endswith("default: 0.0 (seed, cnn_deep), 0.9 (mlp, cnn, cnn_bn, ensemble)")
     assert actions["seed"].help.endswith("; non-negative; default: 0")
     assert actions["ema_decay"].help.endswith("; in [0, 1); default: 0.0")
     for f in FIELDS[1:]:  # every field's help (but the architecture's own) names each architecture's value
         for architecture in TRAINABLE:
             value = getattr(recipe_for(architecture), f.name)
             shown = {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
-            assert shown in actions[f.name].help, (f.name, architecture)
+            assert shown in actions[f.name].help or f"default: {value}" in actions[f.name].help, (f.name, architecture)
 
 
 def test_the_recipes_that_checkpoints_compare_are_as_they_were():
@@ -146,3 +147,57 @@ def test_the_recipes_that_checkpoints_compare_are_as_they_were():
         **older, "architecture": "cnn_deep", "epochs": 35, "batch_size": 64, "learning_rate": 0.001, "lr_decay": 0.95,
         "optimizer": "adam", "l2": 0.0, "seed": 22, "augment": True, "max_shift": 2.5, "max_rotation": 15.0,
         "max_scale": 0.15, "max_thickness": 0.5, "ema_decay": 0.999}
+
+
+def shipped_networks() -> dict[str, list[dict]]:
+    """The metadata of every single network in weights/, by architecture."""
+    from pathlib import Path
+
+    from model.weights import read_meta
+    by_architecture: dict[str, list[dict]] = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "weights").glob("*.npz")):
+        meta = read_meta(path)
+        if meta["architecture"]["name"] != "ensemble":
+            by_architecture.setdefault(meta["architecture"]["name"], []).append(meta)
+    return by_architecture
+
+
+def test_each_architectures_defaults_are_the_recipe_of_its_best_shipped_model():
+    # best on validation, ties broken by validation log-loss (weights/README.md, "Which single cnn")
+    shipped = shipped_networks()
+    assert {"seed", "mlp", "cnn"} <= set(shipped)
+    for architecture, metas in shipped.items():
+        best = min(metas, key=lambda m: (-m["metrics"]["val_accuracy"], m["calibration"]["nll_before"]))
+        assert recipe_for(architecture, seed=best["seed"]).to_dict() == best["recipe"], best["version"]
+
+
+def test_seed_defaults_are_the_augmented_30_epoch_recipe_while_a_bare_recipe_is_unchanged():
+    assert (recipe_for("seed").epochs, recipe_for("seed").augment) == (30, True)
+    assert (Recipe().epochs, Recipe().augment) == (20, False)  # what older weights files and checkpoints hold
+
+
+CNN_META = {"version": "cnn-x", "architecture": {"name": "cnn"}, "recipe": {"validation_size": 5_000}}
+
+
+def test_fine_tuning_keeps_the_networks_architecture_and_split_at_a_tenth_of_its_rate():
+    recipe = fine_tune_recipe(CNN_META)
+    assert (recipe.architecture, recipe.validation_size, recipe.fine_tune) == ("cnn", 5_000, True)
+    assert (recipe.epochs, recipe.train_size, recipe.schedule, recipe.warmup_epochs) == (2, 10_000, "cosine", 0.0)
+    assert recipe.learning_rate == recipe_for("cnn").learning_rate / 10
+    assert recipe.momentum == 0.9 and recipe.augment  # the rest is the architecture's recipe
+    assert fine_tune_recipe({**CNN_META, "architecture": {"name": "cnn_deep"}}).learning_rate == 1e-4  # Adam's / 10
+    given = fine_tune_recipe(CNN_META, epochs=1, learning_rate=0.01, architecture="cnn", train_size=None)
+    assert (given.epochs, given.learning_rate, given.train_size) == (1, 0.01, 10_000)
+    assert recipe.to_dict()["fine_tune"] is True and "fine_tune" not in recipe_for("cnn").to_dict()
+
+
+@pytest.mark.parametrize("meta, overrides, message", [
+    ({**CNN_META, "architecture": {"name": "ensemble"}}, {}, "cnn-x is an ensemble; fine-tuning starts from one network"),
+    (CNN_META, {"architecture": "mlp"}, r"fine-tuning keeps cnn-x's architecture \(cnn\), not mlp"),
+    (CNN_META, {"validation_size": 10_000}, r"fine-tuning keeps cnn-x's validation_size \(5000\), not 10000"),
+])
+def test_fine_tuning_refuses_an_ensemble_and_another_architecture_or_split(meta, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        fine_tune_recipe(meta, **overrides)
+    with pytest.raises(ValueError, match="an ensemble cannot be fine-tuned"):
+        recipe_for("ensemble", fine_tune=True).validate()
