@@ -1,12 +1,14 @@
-"""The weights folder: versioned `.npz` files plus an `ACTIVE` file naming the one to serve.
+"""The weights folder: versioned `.npz` files plus an `ACTIVE` file naming the one to serve, and how a
+new one is filled from the shipped models.
 
 Plain file operations, written atomically, so several server processes can share one folder.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from model.atomic import write_atomically
+from model.atomic import atomic_open, write_atomically
 from model.weights import WeightsError, check_preprocessing, read_meta
 
 ACTIVE_FILE = "ACTIVE"
@@ -54,3 +56,26 @@ def list_models(weights_dir: Path) -> list[tuple[Path, dict | WeightsError]]:
         except WeightsError as exc:
             out.append((path, exc))
     return sorted(out, key=lambda item: item[1].get("created_at", "") if isinstance(item[1], dict) else "")
+
+
+def seed_models(models_dir: Path, shipped_dir: Path) -> list[str]:
+    """Fill a models folder from the shipped, read-only one: each shipped weights file and report the
+    folder lacks, and ACTIVE if it has none. Nothing already there is replaced, so a user's trained
+    models and choice of active model survive new releases. Returns the names copied."""
+    models_dir, shipped_dir = Path(models_dir), Path(shipped_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    shipped = [p for p in shipped_dir.glob("*.npz") if not p.name.startswith(".")]
+    shipped += [p for p in (shipped_dir / "reports").glob("*/*") if p.is_file()]
+    for path in shipped:
+        target = models_dir / path.relative_to(shipped_dir)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(target) as out, open(path, "rb") as source:
+                shutil.copyfileobj(source, out)
+            copied.append(str(path.relative_to(shipped_dir)))
+    marker = shipped_dir / ACTIVE_FILE
+    if not (models_dir / ACTIVE_FILE).exists() and marker.is_file():
+        write_atomically(models_dir / ACTIVE_FILE, marker.read_text())
+        copied.append(ACTIVE_FILE)
+    return copied

@@ -5,6 +5,8 @@ tests that need it skip, except under CI (any `CI` variable), where a missing da
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,10 @@ from model.preprocess import PREPROCESSING_VERSION
 from model.weights import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# No test touches the user's own state folder: whatever falls back to the default DIGITS_HOME (the
+# service's models, database and job logs) gets a throwaway one for this test session.
+os.environ["DIGITS_HOME"] = tempfile.mkdtemp(prefix="digits-test-home-")
 
 # 784 -> 8 ReLU -> 10: the smallest network that reads MNIST-shaped input.
 TINY_SPEC = {"name": "tiny", "layers": [
