@@ -47,6 +47,35 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+class TrainingBar:
+    """A tqdm bar of training images, with rate and ETA, that shows the epoch, the loss and what runs now:
+    "training", "validating" once an epoch's steps are done, then the measuring after the last epoch."""
+
+    def __init__(self, bar, n_images: int, batch_size: int) -> None:
+        self.bar, self.n_images, self.batch_size = bar, n_images, batch_size
+        self.val = ""
+
+    def on_progress(self, p) -> None:
+        """model.train.Progress -> the bar. The loop reports each epoch's last step just before it
+        validates (model.train.train_epoch), and the epoch's end once validation is done."""
+        images = (p.epoch - 1) * self.n_images + min(p.step * self.batch_size, self.n_images)
+        self.bar.update(images - self.bar.n)
+        if p.epoch_done:
+            self.val = f"{100 * p.val_accuracy:.2f}%"
+            self.bar.write(f"epoch {p.epoch}/{p.n_epochs}: loss {p.loss:.4f}, val {self.val}, "
+                           f"{p.samples_per_s:,.0f} samples/s")
+            status = "testing, calibrating" if p.epoch == p.n_epochs else "training"
+        else:
+            status = "validating" if p.step == p.n_steps else "training"
+        postfix = {"epoch": f"{p.epoch}/{p.n_epochs}", "loss": f"{p.loss:.4f}"}
+        if self.val:
+            postfix["val"] = self.val
+        self.bar.set_postfix(postfix | {"status": status}, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
@@ -54,31 +83,29 @@ def cmd_train(args) -> int:
     from model.train_and_save import train_and_save
     from model.active import set_active
     from model.checkpoint import load_checkpoint
-    from model.recipe import recipe_fields, recipe_for
+    from model.recipe import ENSEMBLE, recipe_fields, recipe_for
     from model.train import checkpoint_files
 
     recipe = recipe_for(**{f.name: getattr(args, f.name) for f in recipe_fields()})
     recipe.validate()
     data = load_mnist(resolve_data_dir(args.data_dir), validation_size=recipe.validation_size)
-    bar = tqdm(total=recipe.epochs, unit="epoch", desc=f"train {recipe.architecture}")
-
-    def on_progress(p) -> None:
-        bar.n = p.epoch - 1 + p.step / p.n_steps
-        postfix = {"loss": f"{p.loss:.4f}", "samples/s": f"{p.samples_per_s:,.0f}"}
-        if p.epoch_done:
-            postfix["val"] = f"{100 * p.val_accuracy:.2f}%"
-            tqdm.write(f"epoch {p.epoch}/{p.n_epochs}: loss {p.loss:.4f}, val {100 * p.val_accuracy:.2f}%, "
-                       f"{p.samples_per_s:,.0f} samples/s")
-        bar.set_postfix(postfix, refresh=True)
-
     out = Path(args.out) if args.out else None
     tmp_out = out or Path(args.weights_dir) / f".training-{os.getpid()}.npz"
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    if checkpoint is not None and checkpoint.exists():
-        done = load_checkpoint(checkpoint).epoch  # CheckpointError (unreadable) ends the command here
-        tqdm.write(f"resuming from {checkpoint}: {done} of {recipe.epochs} epochs done")
-    meta = train_and_save(recipe, data, tmp_out, on_progress, checkpoint=checkpoint)
-    bar.close()
+    n_epochs = recipe.epochs * (recipe.members if recipe.architecture == ENSEMBLE else 1)
+    done = 0  # epochs the checkpoint holds (an ensemble's: its members' together)
+    if checkpoint is not None:
+        done = sum(load_checkpoint(path).epoch  # CheckpointError (unreadable) ends the command here
+                   for path in checkpoint_files(checkpoint, recipe) if path.exists())
+        if done:
+            tqdm.write(f"resuming from {checkpoint}: {done} of {n_epochs} epochs done")
+    n_images = len(data.y_train)
+    bar = TrainingBar(tqdm(total=n_epochs * n_images, initial=done * n_images, unit="img", unit_scale=True,
+                           desc=f"train {recipe.architecture}"), n_images, recipe.batch_size)
+    try:
+        meta = train_and_save(recipe, data, tmp_out, bar.on_progress, checkpoint=checkpoint)
+    finally:
+        bar.close()
     if checkpoint is not None:  # the weights file is written: the run's state is no longer needed
         for path in checkpoint_files(checkpoint, recipe):
             path.unlink(missing_ok=True)

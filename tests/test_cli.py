@@ -2,6 +2,7 @@
 data set, and the exit status and message for bad input."""
 from __future__ import annotations
 
+import io
 import re
 
 import numpy as np
@@ -89,7 +90,9 @@ def test_the_data_folder_comes_from_digits_data_dir_when_no_flag_is_given(tiny_w
 def test_train_writes_a_versioned_file_and_reports_it(small_dataset, tmp_path, capsys):
     assert main(["train", *TRAIN_FLAGS, "--weights-dir", str(tmp_path), "--data-dir", "/somewhere",
                  "--validation-size", "5000"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert re.search(r"train seed: 100%.* 200/200 \[[\d:]+<[\d:]+, [\d.]+k?img/s, epoch=1/1, loss=[\d.]+, "
+                     r"status=validating\]", err), "the bar counts images, then says it validates"
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 1 and files[0].startswith("seed-") and files[0].endswith(".npz")
     meta = read_meta(tmp_path / files[0])
@@ -141,7 +144,9 @@ def test_train_with_checkpoint_resumes_a_stopped_run_and_removes_it_when_done(sm
     monkeypatch.setattr("model.train_and_save.train", real_train)
     capsys.readouterr()
     assert main(["train", *flags, "--out", str(tmp_path / "resumed.npz")]) == 0
-    assert f"resuming from {ckpt}: 1 of 3 epochs done" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"resuming from {ckpt}: 1 of 3 epochs done" in out
+    assert "train seed:  33%|" in err and " 200/600 [" in err, "the bar starts where the checkpoint left off"
     straight, resumed = load_model(tmp_path / "straight.npz"), load_model(tmp_path / "resumed.npz")
     for key, P in straight.network.parameters().items():
         np.testing.assert_array_equal(resumed.network.parameters()[key], P, err_msg=key)
@@ -187,6 +192,34 @@ def test_a_usage_error_exits_2_with_usage(argv, capsys):
         main(argv)
     assert info.value.code == 2
     assert "usage: digits" in capsys.readouterr().err
+
+
+def test_the_training_bar_counts_images_and_says_what_runs(capsys):
+    from tqdm import tqdm
+
+    from app.cli import TrainingBar
+    from model.train import Progress
+    rendered = io.StringIO()
+    bar = TrainingBar(tqdm(total=2 * 250, unit="img", file=rendered), n_images=250, batch_size=100)
+    seen = []
+    for p in [Progress(1, 2, 2, 3, 2.0, 900.0),    # 3 steps of 100, 100 and 50 images an epoch
+              Progress(1, 2, 3, 3, 1.5, 900.0),    # the epoch's last step: validation runs next
+              Progress(1, 2, 3, 3, 1.5, 900.0, 0.81, epoch_done=True),
+              Progress(2, 2, 3, 3, 0.9, 900.0),
+              Progress(2, 2, 3, 3, 0.9, 900.0, 0.9, epoch_done=True)]:  # then test accuracy and calibration
+        bar.on_progress(p)
+        seen.append((bar.bar.n, bar.bar.postfix))
+    bar.close()
+    assert seen == [
+        (200, "epoch=1/2, loss=2.0000, status=training"),
+        (250, "epoch=1/2, loss=1.5000, status=validating"),
+        (250, "epoch=1/2, loss=1.5000, val=81.00%, status=training"),
+        (500, "epoch=2/2, loss=0.9000, val=81.00%, status=validating"),
+        (500, "epoch=2/2, loss=0.9000, val=90.00%, status=testing, calibrating"),
+    ]
+    assert re.search(r"500/500 \[[\d:]+<[\d:]+, [\d.]+img/s", rendered.getvalue())
+    assert capsys.readouterr().out == ("epoch 1/2: loss 1.5000, val 81.00%, 900 samples/s\n"
+                                       "epoch 2/2: loss 0.9000, val 90.00%, 900 samples/s\n")
 
 
 def test_serve_warns_when_listening_beyond_loopback_without_a_token(monkeypatch, caplog, tmp_path):
