@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from model.data import DataError
@@ -236,6 +237,71 @@ def cmd_serve(args) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; each option's default after its help, unless the help
+    already says it (the recipe flags: per architecture) or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.nargs == 0 or action.default in (None, argparse.SUPPRESS)
+                or "default:" in text):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows defaults (HelpFormatter); its subcommands' parsers are too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's), for `digits --version`."""
+    try:
+        return version("digits")
+    except PackageNotFoundError:
+        return "unknown (not installed: run `pip install -e .`)"
+
+
+def data_dir_help() -> str:
+    """--data-dir's help, with the folder it stands for now."""
+    from model.data import default_data_dir
+    env = os.environ.get("DIGITS_DATA_DIR")
+    where = (f"{env}, from DIGITS_DATA_DIR" if env
+             else f"{default_data_dir()}, the per-user cache folder; DIGITS_DATA_DIR sets another")
+    return f"the MNIST folder (default: {where})".replace("%", "%%")
+
+
+BOUNDS = ("ge", "gt", "le", "lt")
+
+
+def bounds_words(metadata: list) -> str:
+    """A settings field's bounds (annotated_types Ge/Gt/Le/Lt) in words: "1024 to 50000000"."""
+    limits = {kind: getattr(m, kind) for m in metadata if (kind := type(m).__name__.lower()) in BOUNDS}
+    low = f"at least {limits['ge']}" if "ge" in limits else f"more than {limits['gt']}" if "gt" in limits else ""
+    high = f"at most {limits['le']}" if "le" in limits else f"less than {limits['lt']}" if "lt" in limits else ""
+    if "ge" in limits and "le" in limits:
+        return f"{limits['ge']} to {limits['le']}"
+    return ", ".join(part for part in (low, high) if part)
+
+
+def settings_help() -> str:
+    """`digits serve --help`'s list of settings, from app.settings.Settings: variable, default, bounds,
+    description."""
+    from app.settings import Settings
+    prefix = Settings.model_config.get("env_prefix", "")
+    lines = ["settings (environment variables; a bad value stops the start and names the variable):"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        facts = ["unset" if default is None else f"default: {default}", bounds_words(field.metadata)]
+        lines.append(f"  {prefix}{name.upper()}  ({'; '.join(fact for fact in facts if fact)})")
+        if field.description:
+            lines.append(f"      {field.description}")
+    return "\n".join(lines)
+
+
 # Recipe fields whose flag is shorter than the field's name
 RECIPE_FLAGS = {"architecture": "--arch", "member_architecture": "--member-arch"}
 
@@ -268,19 +334,22 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digits", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="digits", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.set_defaults(func=lambda args: parser.print_help() or 0)  # `digits` alone: the help
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
 
-    data = sub.add_parser("data", help="manage the MNIST files").add_subparsers(dest="data_command", required=True)
+    data_parser = sub.add_parser("data", help="manage the MNIST files")
+    data_parser.set_defaults(func=lambda args: data_parser.print_help() or 0)
+    data = data_parser.add_subparsers(title="commands", dest="data_command", metavar="COMMAND")
     fetch = data.add_parser("fetch", help="download and verify the four MNIST files")
-    fetch.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    fetch.add_argument("--data-dir", help=data_dir_help())
     fetch.set_defaults(func=cmd_fetch)
 
     train = sub.add_parser("train", help="train a network", description=(
         "Options left out take the architecture's default recipe (model.recipe.ARCHITECTURE_RECIPES)."))
     add_recipe_flags(train)
-    train.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    train.add_argument("--data-dir", help=data_dir_help())
     train.add_argument("--weights-dir", default="weights", help="where the versioned file goes (default: weights)")
     train.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")
     train.add_argument("--activate", action="store_true", help="make it the model the service loads")
@@ -292,12 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate = sub.add_parser("calibrate", help="fit a saved model's temperature and 'not sure' threshold")
     calibrate.add_argument("path", help="a weights .npz (rewritten in place; the weights stay as they are)")
-    calibrate.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    calibrate.add_argument("--data-dir", help=data_dir_help())
     calibrate.set_defaults(func=cmd_calibrate)
 
     ensemble = sub.add_parser("ensemble", help="average saved models into one ensemble weights file")
     ensemble.add_argument("members", nargs="+", help="two or more weights .npz files")
-    ensemble.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    ensemble.add_argument("--data-dir", help=data_dir_help())
     ensemble.add_argument("--weights-dir", default="weights", help="where the versioned file goes")
     ensemble.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")
     ensemble.add_argument("--activate", action="store_true", help="make it the model the service loads")
@@ -305,17 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="test accuracy, per class, and the confusion matrix")
     evaluate.add_argument("path", help="a weights .npz")
-    evaluate.add_argument("--data-dir", help="default: $DIGITS_DATA_DIR, else the per-user cache folder")
+    evaluate.add_argument("--data-dir", help=data_dir_help())
     evaluate.add_argument("--report", metavar="DIR", help="also write figures and an index.html there (the "
                           "service shows WEIGHTS_DIR/reports/<version>/)")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    serve = sub.add_parser("serve", help="start the web service (settings: DIGITS_* variables)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = sub.add_parser("serve", help="start the web service (settings: DIGITS_* variables)",
+                           description="Start the web service: the drawing page, /predict and /train.",
+                           epilog=settings_help())
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--workers", default="1", type=workers_flag,
-                       help="server processes: a count, or 'auto' for one per core (default: 1)")
-    serve.add_argument("--log-level", default="info")
+                       help="server processes: a count, or 'auto' for one per core")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug",
+                                                              "trace"], help="uvicorn's log level")
     serve.set_defaults(func=cmd_serve)
     return parser
 

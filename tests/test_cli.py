@@ -2,6 +2,7 @@
 data set, and the exit status and message for bad input."""
 from __future__ import annotations
 
+import argparse
 import io
 import re
 
@@ -181,17 +182,104 @@ def test_train_with_a_bad_setting_exits_2_before_loading_data(small_dataset, tmp
 
 
 @pytest.mark.parametrize("argv", [
-    [],
     ["train", "--arch", "resnet"],
     ["train", "--epochs", "two"],
     ["evaluate"],
     ["fly"],
-], ids=["no-command", "unknown-arch", "non-integer", "no-path", "unknown-command"])
+    ["data", "fly"],
+    ["serve", "--log-level", "loud"],
+], ids=["unknown-arch", "non-integer", "no-path", "unknown-command", "unknown-data-command", "unknown-log-level"])
 def test_a_usage_error_exits_2_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
     assert "usage: digits" in capsys.readouterr().err
+
+
+@pytest.fixture
+def wide_terminal(monkeypatch):
+    """Help lines unwrapped (argparse wraps at $COLUMNS, and breaks paths at their hyphens)."""
+    monkeypatch.setenv("COLUMNS", "1000")
+
+
+def help_of(capsys, *command: str) -> str:
+    """`digits COMMAND --help`'s text, each run of spaces (the columns' alignment) made one."""
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def subcommands(parser: argparse.ArgumentParser, prefix: tuple = ()):
+    """(argv, parser) of every subcommand, `data fetch` too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from subcommands(sub, (*prefix, name))
+
+
+@pytest.mark.parametrize("argv", [[], ["data"]], ids=["digits", "digits-data"])
+def test_a_command_without_its_subcommand_prints_its_help_and_exits_0(argv, capsys):
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"usage: {' '.join(['digits', *argv])} [-h] ")
+    assert captured.err == ""
+    commands = ["data", "train", "calibrate", "ensemble", "evaluate", "serve"] if not argv else ["fetch"]
+    for command in commands:
+        assert re.search(rf"^    {command}\b", captured.out, re.M), command
+
+
+def test_version_prints_the_installed_package_version(capsys):
+    from importlib.metadata import version
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"digits {version('digits')}\n"
+
+
+def test_every_option_with_a_default_shows_it_in_help(capsys, wide_terminal):
+    from app.cli import build_parser
+    checked = []
+    for argv, parser in subcommands(build_parser()):
+        text = help_of(capsys, *argv)
+        for action in parser._actions:
+            if action.option_strings and action.nargs != 0 and action.default is not None:
+                assert f"default: {action.default}" in text, (argv, action.dest)
+                checked.append((argv[-1], action.dest))
+    assert {("serve", "host"), ("serve", "port"), ("serve", "workers"), ("serve", "log_level"),
+            ("train", "architecture")} <= set(checked)
+    serve = help_of(capsys, "serve")
+    assert "--port PORT port to listen on (default: 8000)" in serve
+    assert "--log-level {critical,error,warning,info,debug,trace} uvicorn's log level (default: info)" in serve
+
+
+def test_data_dir_help_names_the_folder_it_stands_for(capsys, monkeypatch, tmp_path, wide_terminal):
+    from model.data import default_data_dir
+    monkeypatch.delenv("DIGITS_DATA_DIR", raising=False)
+    for command in (["data", "fetch"], ["train"], ["calibrate"], ["ensemble"], ["evaluate"]):
+        assert (f"--data-dir DATA_DIR the MNIST folder (default: {default_data_dir()}, the per-user cache folder; "
+                f"DIGITS_DATA_DIR sets another)") in help_of(capsys, *command), command
+    monkeypatch.setenv("DIGITS_DATA_DIR", str(tmp_path))
+    assert f"the MNIST folder (default: {tmp_path}, from DIGITS_DATA_DIR)" in help_of(capsys, "evaluate")
+
+
+def test_serve_help_names_every_setting_with_its_default_and_description(capsys, wide_terminal):
+    from app.settings import Settings
+    text = help_of(capsys, "serve")
+    assert "settings (environment variables; a bad value stops the start and names the variable):" in text
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "(unset" if default is None else f"(default: {default}"
+        assert f" DIGITS_{name.upper()} {shown}" in text, name
+        if field.description:
+            assert f") {field.description}" in text, name
+    # bounds in words, from the fields' constraints
+    assert ("DIGITS_MAX_BODY_BYTES (default: 1000000; 1024 to 50000000) DIGITS_MAX_IMAGE_PIXELS "
+            "(default: 4000000; 784 to 100000000) width x height limit") in text
+    assert ("DIGITS_RELOAD_INTERVAL_S (default: 0.5; more than 0, at most 60) how often workers look for a "
+            "new active model") in text
+    assert "DIGITS_ADMIN_TOKEN (unset) bearer token" in text
 
 
 def test_the_training_bar_counts_images_and_says_what_runs(capsys):
