@@ -11,7 +11,7 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from model.layers import DTYPE, Layer, register
+from model.layers import DTYPE, Layer, register, scale_shift_relu_
 
 # Inference builds the im2col matrix for this many bytes of images at a time (at least one image):
 # at batch 64 the cnn's second convolution has a 40 MB matrix, which went to memory and back; in
@@ -162,11 +162,7 @@ class Conv2D(Layer):
             # After the pooling, on a quarter of the values: max(a + b, c + b) is max(a, c) + b exactly,
             # as rounding keeps order, so the sums are forward's.
             Yc += b
-            if scale is not None:
-                Yc *= scale
-                Yc += shift
-            if relu:
-                np.maximum(Yc, 0, out=Yc)
+            scale_shift_relu_(Yc, scale, shift, relu)
         return out
 
     def _inference_columns(self, X: np.ndarray, Ho: int, Wo: int, capacity: int, pool: bool) -> np.ndarray:

@@ -43,6 +43,18 @@ class Layer:
         return None
 
 
+def scale_shift_relu_(Z: np.ndarray, scale: np.ndarray | None, shift: np.ndarray | None,
+                      relu: bool) -> np.ndarray:
+    """In place: Z * scale + shift per feature (batch normalisation's running statistics, if given),
+    then max(Z, 0) if asked; the epilogue of the fused inference steps. Returns Z."""
+    if scale is not None:
+        Z *= scale
+        Z += shift
+    if relu:
+        np.maximum(Z, 0, out=Z)
+    return Z
+
+
 class Dense(Layer):
     """Z = X @ W + b. He-initialised for the ReLU that usually follows."""
     kind = "dense"
@@ -74,13 +86,7 @@ class Dense(Layer):
               relu: bool = False) -> np.ndarray:
         """Inference forward, fused with a per-feature Y * scale + shift (batch normalisation's running
         statistics) and a ReLU if asked, all in place on the product: (N, n_in) -> (N, n_out)."""
-        Z = self.forward(X)
-        if scale is not None:
-            Z *= scale
-            Z += shift
-        if relu:
-            np.maximum(Z, 0, out=Z)
-        return Z
+        return scale_shift_relu_(self.forward(X), scale, shift, relu)
 
     def backward(self, dZ):
         """dZ: (N, n_out) -> dX (N, n_in), or None for the first layer; fills grads W and b."""
