@@ -29,10 +29,12 @@ class Progress:
     n_epochs: int
     step: int            # steps done in this epoch
     n_steps: int         # steps per epoch
-    loss: float          # running mean training loss this epoch
+    loss: float          # running mean training loss this epoch (the epoch's mean on the end-of-epoch report)
     samples_per_s: float
     val_accuracy: float | None = None  # set on the end-of-epoch report only
     epoch_done: bool = False
+    smoothed_loss: float | None = None  # moving average over steps, carried across epochs: a curve without
+                                        # the running mean's jump where each epoch starts it again
 
     @property
     def fraction(self) -> float:
@@ -100,6 +102,26 @@ def averaged_weights(network: Network, optimizer: SGD | Adam):
         network.set_parameters(own)
 
 
+LOSS_AVERAGE_DECAY = 0.98  # about the last 50 steps
+
+
+@dataclass
+class LossAverage:
+    """Exponential moving average of the step losses, bias-corrected as Adam's moments are, so the first
+    steps are not pulled towards 0."""
+    decay: float = LOSS_AVERAGE_DECAY
+    total: float = 0.0
+    n_steps: int = 0
+
+    def add(self, loss: float) -> None:
+        self.total = self.decay * self.total + (1 - self.decay) * loss
+        self.n_steps += 1
+
+    @property
+    def value(self) -> float:
+        return self.total / (1 - self.decay ** self.n_steps) if self.n_steps else float("nan")
+
+
 @dataclass
 class Run:
     """The state of one network's training run, all that a checkpoint holds, and where it stands."""
@@ -114,6 +136,7 @@ class Run:
     first_epoch: int = 1
     seconds_before: float = 0.0     # training time of the epochs done before a resume
     started: float = field(default_factory=time.perf_counter)
+    loss_average: LossAverage = field(default_factory=LossAverage)  # reported only, never trained on
 
     @property
     def rngs(self) -> dict[str, np.random.Generator]:
@@ -129,10 +152,12 @@ class Run:
         return self.seconds_before + time.perf_counter() - self.started
 
 
-def start_run(recipe: Recipe, fingerprint: str) -> Run:
-    """A fresh run: the seeded network and optimizer."""
+def start_run(recipe: Recipe, fingerprint: str, start_from: Network | None = None) -> Run:
+    """A fresh run: the seeded network (with `start_from`'s weights, when fine-tuning) and optimizer."""
     rng = np.random.default_rng(recipe.seed)
     network = Network.from_architecture(recipe.architecture, seed=int(rng.integers(2**31)))
+    if start_from is not None:
+        network.set_state(start_from.state())  # copied in: the source network stays as it was
     optimizer = (SGD(recipe.learning_rate, recipe.momentum, ema_decay=recipe.ema_decay) if recipe.optimizer == "sgd"
                  else Adam(recipe.learning_rate, ema_decay=recipe.ema_decay))
     return Run(recipe, network, optimizer, rng, np.random.default_rng([recipe.seed, 1]), fingerprint)
@@ -174,13 +199,16 @@ def train_epoch(run: Run, epoch: int, X_train: np.ndarray, y_train: np.ndarray,
         # its term in the loss is added where the loss is reported.
         # Plain SGD takes its gradients pre-scaled by the rate: one pass fewer over the weights.
         scale = optimizer.gradient_scale
-        loss_sum += network.loss_and_gradients(X_batch, y_train[idx], gradient_scale=scale)
+        loss = network.loss_and_gradients(X_batch, y_train[idx], gradient_scale=scale)
+        loss_sum += loss
+        run.loss_average.add(loss)
         optimizer.step(network.parameters(), network.gradients(), weight_decay, gradient_scale=scale)
         if on_progress is not None and ((step + 1) % report_every == 0 or step + 1 == n_steps):
             done = min((step + 1) * recipe.batch_size, n)
-            on_progress(Progress(epoch, recipe.epochs, step + 1, n_steps,
-                                 loss_sum / (step + 1) + network.l2_penalty(recipe.l2),
-                                 done / (time.perf_counter() - epoch_start)))
+            l2_term = network.l2_penalty(recipe.l2)
+            on_progress(Progress(epoch, recipe.epochs, step + 1, n_steps, loss_sum / (step + 1) + l2_term,
+                                 done / (time.perf_counter() - epoch_start),
+                                 smoothed_loss=run.loss_average.value + l2_term))
     return loss_sum / n_steps
 
 
@@ -209,7 +237,8 @@ def checkpoint_run(run: Run, checkpoint: Path, epoch: int) -> None:
 def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
           on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
-          report_every: int = 20, checkpoint: Path | None = None) -> TrainResult:
+          report_every: int = 20, checkpoint: Path | None = None,
+          start_from: Network | None = None) -> TrainResult:
     """Train the recipe's architecture; keep the parameters of the epoch with the best validation accuracy.
 
     X_*: (N, 784) float32 in [0, 1]; y_*: (N,) int. With no validation data the last epoch is kept.
@@ -218,13 +247,19 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
     bit, as an uninterrupted run. A checkpoint of another recipe or other data raises CheckpointError.
     With `recipe.ema_decay`, validation, the choice of epoch and the result use the optimizer's moving
     average of the weights (`averaged_weights`); the history also records the trained weights' accuracy.
+    `start_from` (with `recipe.fine_tune`): a network of the recipe's architecture whose weights training
+    starts from instead of random ones; a checkpoint then also matches only the same starting weights.
     """
     recipe.validate()
+    if recipe.fine_tune != (start_from is not None):
+        raise ValueError("a fine-tuning recipe needs the network to start from, and only it takes one")
     if recipe.architecture == ENSEMBLE:
         return train_ensemble(recipe, X_train, y_train, X_val, y_val, on_progress, should_stop, report_every,
                               checkpoint)
     X_train = np.ascontiguousarray(X_train, dtype=np.float32)
-    run = start_run(recipe, data_fingerprint(X_train, y_train, X_val, y_val) if checkpoint is not None else "")
+    starting = () if start_from is None else tuple(start_from.state().values())
+    run = start_run(recipe, data_fingerprint(X_train, y_train, X_val, y_val, *starting) if checkpoint is not None
+                    else "", start_from)
     if checkpoint is not None and Path(checkpoint).exists():
         resume_run(run, checkpoint)
     run.started = time.perf_counter()
@@ -239,7 +274,8 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
         run.history.append(record)
         if on_progress is not None:
             on_progress(Progress(epoch, recipe.epochs, n_steps, n_steps, record["loss"],
-                                 len(X_train) / epoch_seconds, record["val_accuracy"], epoch_done=True))
+                                 len(X_train) / epoch_seconds, record["val_accuracy"], epoch_done=True,
+                                 smoothed_loss=run.loss_average.value + run.network.l2_penalty(recipe.l2)))
         if not run.per_step_rate:
             run.optimizer.learning_rate *= recipe.lr_decay
         if checkpoint is not None:

@@ -12,7 +12,7 @@ from model.calibrate import calibrate
 from model.data import Dataset
 from model.preprocess import PREPROCESSING_VERSION
 from model.train import Progress, Recipe, accuracy, train
-from model.weights import save_model
+from model.weights import Model, save_model
 
 
 FEEDBACK_HELD_OUT = 0.2   # share of user feedback kept apart to measure the model on it
@@ -35,6 +35,15 @@ def mix_feedback(X_train: np.ndarray, y_train: np.ndarray, X_fb: np.ndarray, y_f
     X = np.concatenate([X_train, np.tile(X_fb[used], (repeats, 1))])
     y = np.concatenate([y_train, np.tile(y_fb[used], repeats)])
     return X, y, X_fb[held], y_fb[held]
+
+
+def training_subset(X_train: np.ndarray, y_train: np.ndarray, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+    """The recipe's `train_size` images of the training set, drawn with their own seeded generator (so
+    the run's shuffling and augmentation streams are untouched), in their original order; all at 0."""
+    if not recipe.train_size or recipe.train_size >= len(y_train):
+        return X_train, y_train
+    keep = np.sort(np.random.default_rng([recipe.seed, 2]).choice(len(y_train), recipe.train_size, replace=False))
+    return X_train[keep], y_train[keep]
 
 
 CALIBRATION_SCRIBBLES = (400, 1)  # (count, seed) of the non-digit scribbles the threshold is fitted on;
@@ -80,30 +89,39 @@ def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
                    should_stop: Callable[[], bool] | None = None,
                    extra_meta: dict | None = None,
                    feedback: tuple[np.ndarray, np.ndarray] | None = None,
-                   checkpoint: Path | None = None) -> dict:
+                   checkpoint: Path | None = None, start_from: Model | None = None) -> dict:
     """Train, report test accuracy (never used for choices), save atomically; returns the metadata.
 
     `feedback` (X (N, 784), y (N,)) is users' labelled drawings: mixed in, with accuracy on a held-out
-    part reported separately from MNIST's. `checkpoint`: see `model.train.train`.
+    part reported separately from MNIST's. `checkpoint`: see `model.train.train`. `start_from` (with a
+    fine-tuning recipe): the saved model whose weights training starts from; its accuracy on validation
+    and on the held-out feedback are reported too (`*_before`), beside the new model's.
     """
-    X_train, y_train = data.X_train, data.y_train
+    X_train, y_train = training_subset(data.X_train, data.y_train, recipe)
     X_fb_held = y_fb_held = None
     if feedback is not None and len(feedback[1]):
         X_train, y_train, X_fb_held, y_fb_held = mix_feedback(X_train, y_train, *feedback, seed=recipe.seed)
     result = train(recipe, X_train, y_train, data.X_val, data.y_val, on_progress=on_progress, should_stop=should_stop,
-                   checkpoint=checkpoint)
+                   checkpoint=checkpoint, start_from=None if start_from is None else start_from.network)
     metrics = {
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.seconds, 2),
         "n_train": len(y_train),  # feedback copies included
     }
+    held_out = y_fb_held is not None and len(y_fb_held) > 0
     if feedback is not None:
         metrics["n_feedback"] = len(feedback[1])
         metrics["n_feedback_held_out"] = 0 if y_fb_held is None else len(y_fb_held)
-        metrics["feedback_accuracy"] = (accuracy(result.network, X_fb_held, y_fb_held)
-                                        if y_fb_held is not None and len(y_fb_held) else None)
+        metrics["feedback_accuracy"] = accuracy(result.network, X_fb_held, y_fb_held) if held_out else None
+    fields = {}
+    if start_from is not None:
+        metrics["val_accuracy_before"] = accuracy(start_from.network, data.X_val, data.y_val)
+        if feedback is not None:
+            metrics["feedback_accuracy_before"] = (accuracy(start_from.network, X_fb_held, y_fb_held)
+                                                   if held_out else None)
+        fields["fine_tuned_from"] = start_from.version
     meta = measured_meta(result.network, data, result.val_accuracy, metrics, recipe=recipe.to_dict(),
-                         seed=recipe.seed, history=result.history)
+                         seed=recipe.seed, history=result.history, **fields)
     return save_model(out_path, result.network, {**meta, **(extra_meta or {})})
 
 

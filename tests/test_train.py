@@ -256,7 +256,7 @@ def test_train_and_save_writes_a_loadable_file_with_its_metrics(tmp_path, mnist)
 
 def test_each_architecture_has_its_own_default_recipe_and_overrides_win():
     from model.train import recipe_for
-    assert recipe_for("seed") == Recipe()
+    assert recipe_for("seed") == Recipe(epochs=30, augment=True)  # the best shipped seed model's recipe
     cnn = recipe_for("cnn")
     assert (cnn.architecture, cnn.augment, cnn.schedule, cnn.momentum) == ("cnn", True, "cosine", 0.9)
     assert recipe_for("cnn", epochs=2, augment=None).epochs == 2  # None means "not given"
@@ -444,3 +444,95 @@ def test_a_trained_and_an_ensembled_model_are_measured_and_described_alike(tmp_p
         assert m["test_accuracy"] == accuracy(model.network, data.X_test, data.y_test)
         assert (m["n_val"], m["n_test"]) == (60, 40)
         assert {"drawn_accuracy", "drawn_not_sure", "scribbles_not_sure"} <= set(m)
+
+
+def step_losses_from_running_means(reports) -> list[float]:
+    """Each step's loss, recovered from the running means of an epoch's per-step reports (l2 = 0)."""
+    losses = []
+    for p in reports:
+        previous = 0.0 if p.step == 1 else (p.step - 1) * last
+        losses.append(p.step * p.loss - previous)
+        last = p.loss
+    return losses
+
+
+def test_the_smoothed_loss_is_a_moving_average_over_steps_carried_across_epochs(tiny):
+    from model.train import LOSS_AVERAGE_DECAY
+    reports = []
+    train(quick(epochs=3, l2=0.0), *tiny, on_progress=reports.append, report_every=1)
+    steps = [p for p in reports if not p.epoch_done]
+    assert len(steps) == 9  # 300 images in batches of 100, three epochs
+    expected, total = [], 0.0
+    for n, loss in enumerate(step_losses_from_running_means(steps), start=1):
+        total = LOSS_AVERAGE_DECAY * total + (1 - LOSS_AVERAGE_DECAY) * loss
+        expected.append(total / (1 - LOSS_AVERAGE_DECAY ** n))
+    np.testing.assert_allclose([p.smoothed_loss for p in steps], expected, rtol=1e-9)
+    ends = [p for p in reports if p.epoch_done]
+    assert [p.smoothed_loss for p in ends] == [steps[2].smoothed_loss, steps[5].smoothed_loss, steps[8].smoothed_loss]
+
+
+@pytest.fixture(scope="module")
+def base(small):
+    """A seed network trained for one epoch: what fine-tuning starts from."""
+    return train(quick(epochs=1), *small).network
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_leaves_them_as_they_were(small, base):
+    before = {k: v.copy() for k, v in base.state().items()}
+    still = train(quick(epochs=1, fine_tune=True, learning_rate=1e-9), *small, start_from=base)
+    for key, value in before.items():
+        np.testing.assert_allclose(still.network.state()[key], value, atol=1e-6, err_msg=key)
+    assert still.val_accuracy == accuracy(base, *small[2:])
+    moved = train(quick(epochs=1, fine_tune=True), *small, start_from=base)
+    assert not np.array_equal(moved.network.state()["0.W"], before["0.W"])
+    for key, value in before.items():  # the source network is copied, never trained in place
+        np.testing.assert_array_equal(base.state()[key], value, err_msg=key)
+
+
+def test_only_a_fine_tuning_recipe_takes_a_network_to_start_from(tiny, base):
+    with pytest.raises(ValueError, match="a fine-tuning recipe needs the network to start from"):
+        train(quick(fine_tune=True), *tiny)
+    with pytest.raises(ValueError, match="a fine-tuning recipe needs the network to start from"):
+        train(quick(), *tiny, start_from=base)
+
+
+def test_a_fine_tuning_checkpoint_resumes_only_from_the_same_starting_weights(tiny, base, small, tmp_path):
+    from model.checkpoint import CheckpointError
+    recipe, checkpoint = quick(epochs=1, fine_tune=True), tmp_path / "c.npz"
+    first = train(recipe, *tiny, checkpoint=checkpoint, start_from=base)
+    again = train(recipe, *tiny, checkpoint=checkpoint, start_from=base)  # finished: nothing left to train
+    np.testing.assert_array_equal(again.network.state()["0.W"], first.network.state()["0.W"])
+    other = train(quick(epochs=1, seed=9), *small).network
+    with pytest.raises(CheckpointError, match="other training or validation data"):
+        train(recipe, *tiny, checkpoint=checkpoint, start_from=other)
+
+
+def test_train_size_takes_a_seeded_subset_in_order_and_all_at_zero():
+    from model.train_and_save import training_subset
+    X, y = np.arange(100, dtype=np.float32).reshape(100, 1), np.arange(100)
+    X_sub, y_sub = training_subset(X, y, Recipe(train_size=30, seed=4))
+    assert len(y_sub) == 30 and list(y_sub) == sorted(y_sub) and np.array_equal(X_sub[:, 0], y_sub)
+    assert np.array_equal(training_subset(X, y, Recipe(train_size=30, seed=4))[1], y_sub)
+    assert not np.array_equal(training_subset(X, y, Recipe(train_size=30, seed=5))[1], y_sub)
+    assert training_subset(X, y, Recipe())[1] is y and training_subset(X, y, Recipe(train_size=500))[1] is y
+
+
+def test_fine_tuning_a_saved_model_on_drawings_reports_held_out_feedback_before_and_after(mnist, tmp_path):
+    from dataclasses import replace
+
+    from model.drawn_digits import drawn_digits, drawn_inputs
+    data = replace(mnist, X_train=mnist.X_train[:2000], y_train=mnist.y_train[:2000],
+                   X_val=mnist.X_val[:500], y_val=mnist.y_val[:500], X_test=mnist.X_test[:300],
+                   y_test=mnist.y_test[:300])
+    train_and_save(quick(epochs=1), data, tmp_path / "base.npz")
+    source = load_model(tmp_path / "base.npz")
+    drawn = drawn_digits(per_style=8, seed=5)
+    feedback = (drawn_inputs(drawn), np.array(drawn.labels))
+    recipe = quick(epochs=3, fine_tune=True, train_size=1000, learning_rate=0.05)
+    meta = train_and_save(recipe, data, tmp_path / "tuned.npz", feedback=feedback, start_from=source)
+    m = meta["metrics"]
+    assert meta["fine_tuned_from"] == source.version and meta["recipe"]["fine_tune"] is True
+    assert m["n_feedback"] == len(drawn.labels) and m["n_feedback_held_out"] == len(drawn.labels) // 5
+    assert m["n_train"] > 1000  # the subset plus the training part of the feedback
+    assert m["val_accuracy_before"] == accuracy(source.network, data.X_val, data.y_val)
+    assert m["feedback_accuracy"] > m["feedback_accuracy_before"] + 0.05, m  # it learned the drawings
