@@ -18,11 +18,11 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from app.store import Store, job_checkpoint, job_checkpoints
-from model.active import active_path, set_active
+from model.active import set_active
 from model.data import load_mnist
 from model.malloc_tuning import TRAINING, keep_freed_memory
-from model.train import Progress, Recipe, TrainingCancelled, accuracy
-from model.train_and_save import train_and_save
+from model.train import Progress, Recipe, TrainingCancelled
+from model.train_and_save import active_accuracy, percent, train_and_save
 from model.weights import WeightsError, load_servable
 
 log = logging.getLogger("digits.worker")
@@ -40,15 +40,30 @@ def promotion_decision(candidate: dict, weights_dir: Path, policy: str, X_val, y
     """
     new_acc = candidate["metrics"]["val_accuracy"]
     try:
-        active = load_servable(active_path(weights_dir))  # one of another preprocessing is no rival
+        version, old_acc = active_accuracy(weights_dir, X_val, y_val)  # another preprocessing's is no rival
     except WeightsError as exc:
         return True, f"promoted: there was no usable active model ({exc})"
-    old_acc = accuracy(active.network, X_val, y_val)
+    # Percent with one decimal, as everywhere; the error counts tell apart two that print alike.
+    new, old = errors_and_percent(new_acc, len(y_val)), errors_and_percent(old_acc, len(y_val))
     if policy == "always":
-        return True, f"promoted: the recipe says always (validation {new_acc:.4f}, active {old_acc:.4f})"
+        return True, f"promoted: the recipe says always (validation {new}, active {version} {old})"
     if new_acc >= old_acc:
-        return True, f"promoted: validation accuracy {new_acc:.4f} >= active {active.version}'s {old_acc:.4f}"
-    return False, f"kept {active.version}: its validation accuracy {old_acc:.4f} beats the new {new_acc:.4f}"
+        return True, f"promoted: validation {new}, not worse than the active {version}'s {old}"
+    return False, f"kept {version}: its validation {old} beats the new model's {new}"
+
+
+def errors_and_percent(fraction: float, n: int) -> str:
+    """0.9961 of 10,000 -> "99.6% (39 errors)"."""
+    return f"{percent(fraction)} ({round((1 - fraction) * n):,} errors)"
+
+
+def feedback_outcome(metrics: dict) -> str:
+    """The held-out feedback before and after fine-tuning, as the job's decision reports it ("" without)."""
+    before, after = metrics.get("feedback_accuracy_before"), metrics.get("feedback_accuracy")
+    if before is None or after is None:
+        return ""
+    return (f"; held-out corrections {percent(before)} before, {percent(after)} after "
+            f"({metrics['n_feedback_held_out']} drawings)")
 
 
 class JobReporter:
@@ -87,7 +102,8 @@ class JobReporter:
         fraction = round(p.fraction, 5)
         if self.curve and self.curve[-1]["progress"] >= fraction:  # resumed behind where it had got to
             self.curve = [point for point in self.curve if point["progress"] < fraction]
-        self.curve.append({"progress": fraction, "loss": round(p.loss, 5)})
+        shown_loss = p.loss if p.smoothed_loss is None else p.smoothed_loss  # no per-epoch jumps in the curve
+        self.curve.append({"progress": fraction, "loss": round(shown_loss, 5)})
         if self._origin is None:
             self._origin = (now, p.fraction) if self.resumed else (self.started, 0.0)
         if len(self.curve) > MAX_CURVE_POINTS:
@@ -99,7 +115,7 @@ class JobReporter:
             return
         self._last_write = now
         progress = {"epoch": p.epoch, "n_epochs": p.n_epochs, "step": p.step, "n_steps": p.n_steps,
-                    "fraction": p.fraction, "loss": p.loss, "samples_per_s": p.samples_per_s,
+                    "fraction": p.fraction, "loss": shown_loss, "samples_per_s": p.samples_per_s,
                     "elapsed_s": elapsed,
                     "eta_s": self.eta(now, p.fraction)}
         self.store.update_job(self.job_id, progress=progress, curve=self.curve, history=self.history,
@@ -145,8 +161,10 @@ def _run(store: Store, job: dict, job_id: str, reporter: "JobReporter", weights_
     recipe_fields = dict(job["recipe"])
     policy = recipe_fields.pop("promote", "if_better")
     include_feedback = recipe_fields.pop("include_feedback", False)
+    start_from = recipe_fields.pop("start_from", None)  # fine-tuning: the file the route chose (the active one)
     try:
         recipe = Recipe(**recipe_fields)
+        source = load_servable(weights_dir / start_from) if recipe.fine_tune else None
         data = load_mnist(data_dir, validation_size=recipe.validation_size)
         # what was sent before the job started: a resumed job must see the same data as its checkpoint
         feedback = store.feedback_samples(before=job["started_at"]) if include_feedback else None
@@ -157,11 +175,12 @@ def _run(store: Store, job: dict, job_id: str, reporter: "JobReporter", weights_
         # here removes it (finally, below).
         meta = train_and_save(recipe, data, tmp_path, reporter.on_progress, reporter.should_stop,
                               extra_meta={"job_id": job_id}, feedback=feedback,
-                              checkpoint=job_checkpoint(weights_dir, job_id))
+                              checkpoint=job_checkpoint(weights_dir, job_id), start_from=source)
         final_path = weights_dir / f"{meta['version']}.npz"
         os.replace(tmp_path, final_path)
         write_evaluation_report(final_path, data, weights_dir)
         promoted, reason = promotion_decision(meta, weights_dir, policy, data.X_val, data.y_val)
+        reason += feedback_outcome(meta["metrics"])
         if not store.finish_job(job_id, "succeeded", metrics=meta["metrics"], model_version=meta["version"],
                                 promoted=int(promoted), decision=reason, history=reporter.history,
                                 curve=reporter.curve):
