@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import secrets
 import subprocess
@@ -15,7 +16,8 @@ from app.schemas import JobCreated, TrainRequest
 from app.store import FINAL_STATES, JobConflict, job_checkpoints
 from model.active import active_path, list_models, set_active
 from model.data import DataError, FILES, find_file
-from model.weights import PreprocessingMismatch, WeightsError, load_servable
+from model.recipe import fine_tune_recipe
+from model.weights import PreprocessingMismatch, WeightsError, check_preprocessing, load_servable, read_meta
 
 router = APIRouter(tags=["training"])
 EVENT_POLL_S = 0.5
@@ -92,21 +94,45 @@ def architectures() -> dict:
 
 
 @router.post("/train", status_code=202, response_model=JobCreated, dependencies=[Depends(require_admin)],
-             responses={409: {"description": "a job is already queued or running"},
+             responses={409: {"description": "a job is already queued or running, or no active model to fine-tune"},
+                        422: {"description": "a bad recipe, or fine-tuning an ensemble"},
                         503: {"description": "MNIST is not available to the server"}})
 def start_training(request: Request, response: Response, recipe: TrainRequest | None = None) -> JobCreated:
-    """Start retraining in the background; follow it at the Location given."""
+    """Start retraining in the background; follow it at the Location given. With `"fine_tune": true`,
+    the active model is improved: its weights, architecture and validation split, a few epochs on part of
+    MNIST plus the feedback drawings (unless `include_feedback` is false)."""
     recipe = recipe or TrainRequest()
     settings = request.app.state.settings
     require_mnist(settings)
+    job = fine_tuning_job(recipe, settings.weights_dir) if recipe.fine_tune else recipe.model_dump()
     store = request.app.state.store
     try:
-        job_id = store.create_job(recipe.model_dump())
+        job_id = store.create_job(job)
     except JobConflict as exc:
         raise HTTPException(409, f"job {exc.job_id} is already training; follow /train/{exc.job_id} or "
                                  f"cancel it with DELETE /train/{exc.job_id}") from exc
     launch(request, response, job_id)
     return JobCreated(job_id=job_id, status="queued")
+
+
+def fine_tuning_job(recipe: TrainRequest, weights_dir: Path) -> dict:
+    """The stored recipe of a fine-tuning request: the active model's file (`start_from`), its architecture
+    and split, the fine-tuning defaults for what the request left out, and the feedback unless refused."""
+    try:
+        source = active_path(weights_dir)
+        meta = read_meta(source)
+        check_preprocessing(meta, source)
+    except WeightsError as exc:
+        raise HTTPException(409, f"there is no active model to fine-tune: {exc}") from exc
+    given = recipe.model_dump(include=recipe.model_fields_set - {"include_feedback", "promote"})
+    try:
+        fine = fine_tune_recipe(meta, **given)
+        fine.validate()
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    include_feedback = recipe.include_feedback if "include_feedback" in recipe.model_fields_set else True
+    return {**dataclasses.asdict(fine), "include_feedback": include_feedback, "promote": recipe.promote,
+            "start_from": source.name}
 
 
 @router.post("/train/{job_id}/resume", status_code=202, response_model=JobCreated,
