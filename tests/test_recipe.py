@@ -192,7 +192,8 @@ def test_fine_tuning_keeps_the_networks_architecture_and_split_at_a_tenth_of_its
 
 
 @pytest.mark.parametrize("meta, overrides, message", [
-    ({**CNN_META, "architecture": {"name": "ensemble"}}, {}, "cnn-x is an ensemble; fine-tuning starts from one network"),
+    ({**CNN_META, "architecture": {"name": "ensemble"}}, {},
+     "cnn-x is an ensemble; fine-tuning starts from one network"),
     (CNN_META, {"architecture": "mlp"}, r"fine-tuning keeps cnn-x's architecture \(cnn\), not mlp"),
     (CNN_META, {"validation_size": 10_000}, r"fine-tuning keeps cnn-x's validation_size \(5000\), not 10000"),
 ])
