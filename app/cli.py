@@ -84,10 +84,12 @@ def cmd_train(args) -> int:
     from model.train_and_save import train_and_save
     from model.active import set_active
     from model.checkpoint import load_checkpoint
-    from model.recipe import ENSEMBLE, recipe_fields, recipe_for
+    from model.recipe import ENSEMBLE, fine_tune_recipe, recipe_fields, recipe_for
     from model.train import checkpoint_files
 
-    recipe = recipe_for(**{f.name: getattr(args, f.name) for f in recipe_fields()})
+    given = {f.name: getattr(args, f.name) for f in recipe_fields()}
+    source = fine_tuning_source(args, given) if given["fine_tune"] else None
+    recipe = fine_tune_recipe(source.meta, **given) if source else recipe_for(**given)
     recipe.validate()
     data = load_mnist(resolve_data_dir(args.data_dir), validation_size=recipe.validation_size)
     out = Path(args.out) if args.out else None
@@ -104,7 +106,7 @@ def cmd_train(args) -> int:
     bar = TrainingBar(tqdm(total=n_epochs * n_images, initial=done * n_images, unit="img", unit_scale=True,
                            desc=f"train {recipe.architecture}"), n_images, recipe.batch_size)
     try:
-        meta = train_and_save(recipe, data, tmp_out, bar.on_progress, checkpoint=checkpoint)
+        meta = train_and_save(recipe, data, tmp_out, bar.on_progress, checkpoint=checkpoint, start_from=source)
     finally:
         bar.close()
     if checkpoint is not None:  # the weights file is written: the run's state is no longer needed
@@ -118,9 +120,40 @@ def cmd_train(args) -> int:
     print(f"saved {out}\n  version {meta['version']}\n  {chosen}, validation "
           f"{100 * m['val_accuracy']:.2f}%, test {100 * m['test_accuracy']:.2f}%, {m['train_seconds']:.1f} s")
     if args.activate:
+        refusal = None if args.force else worse_than_active(out.parent, m["val_accuracy"], data)
+        if refusal:
+            print(f"digits: not activated: {refusal}; --force activates it anyway", file=sys.stderr)
+            return 2
         set_active(out.parent, out.name)
         print(f"  now the active model of {out.parent}")
     return 0
+
+
+def fine_tuning_source(args, given: dict):
+    """The model `digits train --fine-tune` starts from: --start-from, else the active one. The --arch
+    default gives way to its architecture (another --arch is refused by fine_tune_recipe)."""
+    from model.active import active_path
+    from model.recipe import Recipe
+    from model.weights import load_servable
+
+    if given["architecture"] == Recipe.architecture:
+        given["architecture"] = None
+    return load_servable(Path(args.start_from) if args.start_from else active_path(Path(args.weights_dir)))
+
+
+def worse_than_active(weights_dir: Path, val_accuracy: float, data) -> str | None:
+    """Why a new model must not replace the active one: a lower validation accuracy on the same images."""
+    from model.train_and_save import active_accuracy, percent
+    from model.weights import WeightsError
+
+    try:
+        version, active = active_accuracy(weights_dir, data.X_val, data.y_val)
+    except WeightsError:  # nothing servable is active: any model is better
+        return None
+    if val_accuracy >= active:
+        return None
+    return (f"its validation accuracy {percent(val_accuracy)} is below the active {version}'s {percent(active)} "
+            f"on the same {len(data.y_val):,} images")
 
 
 def cmd_evaluate(args) -> int:
@@ -352,7 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help=data_dir_help())
     train.add_argument("--weights-dir", default="weights", help="where the versioned file goes (default: weights)")
     train.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")
-    train.add_argument("--activate", action="store_true", help="make it the model the service loads")
+    train.add_argument("--activate", action="store_true", help="make it the model the service loads, unless it is "
+                       "worse on validation than the active one")
+    train.add_argument("--force", action="store_true", help="with --activate: even if it is worse")
+    train.add_argument("--start-from", metavar="PATH", help="with --fine-tune: the weights file to start from "
+                       "(default: the active model of the weights folder)")
     train.add_argument("--checkpoint", metavar="PATH",
                        help="save the training state to PATH after every epoch and, if PATH exists, resume "
                             "from it (same options and data; bit for bit the run it continues); removed once "
