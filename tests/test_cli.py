@@ -422,3 +422,54 @@ def test_serve_takes_auto_or_a_positive_count_of_workers(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--workers", "0"])
     assert "expected 'auto' or a count of at least 1, got '0'" in capsys.readouterr().err
+
+
+def trained(tmp_path, name: str, *flags: str) -> dict:
+    """Train on the small data set into tmp_path/models/name; its metadata."""
+    path = tmp_path / "models" / name
+    assert main(["train", "--epochs", "1", "--batch-size", "50", "--out", str(path), *flags]) == 0
+    return read_meta(path)
+
+
+def test_activate_refuses_a_model_worse_on_validation_than_the_active_one_unless_forced(small_dataset, tmp_path,
+                                                                                         capsys):
+    first = trained(tmp_path, "first.npz", "--seed", "4", "--activate")  # nothing was active: activated
+    worse = trained(tmp_path, "worse.npz", "--seed", "1")
+    assert worse["metrics"]["val_accuracy"] < first["metrics"]["val_accuracy"]  # the seeds are chosen for this
+    capsys.readouterr()
+    flags = ["train", "--epochs", "1", "--batch-size", "50", "--seed", "1", "--out", str(tmp_path / "models" / "w.npz")]
+    assert main([*flags, "--activate"]) == 2
+    new, old = (f"{100 * m['metrics']['val_accuracy']:.1f}%" for m in (worse, first))
+    assert capsys.readouterr().err.endswith(  # after the progress bar
+        f"\ndigits: not activated: its validation accuracy {new} is below the active {first['version']}'s {old} "
+        f"on the same 50 images; --force activates it anyway\n")
+    assert active_path(tmp_path / "models").name == "first.npz" and (tmp_path / "models" / "w.npz").exists()
+    assert main([*flags, "--activate", "--force"]) == 0
+    assert active_path(tmp_path / "models").name == "w.npz"
+    assert main([*flags[:-1], str(tmp_path / "models" / "w2.npz"), "--activate"]) == 0  # as good: activated
+    assert active_path(tmp_path / "models").name == "w2.npz"
+
+
+def test_fine_tune_starts_from_the_active_model_or_a_given_file_with_its_architecture(small_dataset, tmp_path):
+    source = trained(tmp_path, "source.npz", "--arch", "mlp", "--seed", "4", "--activate")
+    assert main(["train", "--fine-tune", "--epochs", "1", "--weights-dir", str(tmp_path / "models"),
+                 "--out", str(tmp_path / "tuned.npz")]) == 0
+    tuned = read_meta(tmp_path / "tuned.npz")
+    assert tuned["fine_tuned_from"] == source["version"] and tuned["architecture"]["name"] == "mlp"
+    assert tuned["recipe"]["fine_tune"] is True and tuned["recipe"]["learning_rate"] == 0.005  # mlp's 0.05 / 10
+    assert small_dataset[-1][1] == source["recipe"]["validation_size"]  # the source's split
+    assert main(["train", "--fine-tune", "--epochs", "1", "--start-from", str(tmp_path / "tuned.npz"),
+                 "--out", str(tmp_path / "again.npz")]) == 0
+    assert read_meta(tmp_path / "again.npz")["fine_tuned_from"] == tuned["version"]
+
+
+def test_fine_tune_refuses_an_ensemble_and_another_architecture(small_dataset, tmp_path, capsys):
+    for seed in ("1", "2"):
+        trained(tmp_path, f"m{seed}.npz", "--seed", seed, "--validation-size", "50")
+    assert main(["ensemble", str(tmp_path / "models" / "m1.npz"), str(tmp_path / "models" / "m2.npz"),
+                 "--out", str(tmp_path / "ensemble.npz")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--fine-tune", "--start-from", str(tmp_path / "ensemble.npz")]) == 2
+    assert "is an ensemble; fine-tuning starts from one network" in capsys.readouterr().err
+    assert main(["train", "--fine-tune", "--arch", "cnn", "--start-from", str(tmp_path / "models" / "m1.npz")]) == 2
+    assert "fine-tuning keeps m1" not in (err := capsys.readouterr().err) and "architecture (seed), not cnn" in err

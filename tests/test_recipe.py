@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from app.cli import RECIPE_FLAGS, build_parser, main
 from app.schemas import TrainRequest
+from model.data import Dataset
 from model.recipe import TRAINABLE, Recipe, fine_tune_recipe, recipe_fields, recipe_for
 
 FIELDS = recipe_fields()
@@ -113,7 +115,8 @@ def test_left_out_the_cli_and_the_api_both_take_the_architectures_recipe(archite
         built.append(recipe)
         raise KeyboardInterrupt  # stop before training
 
-    monkeypatch.setattr("model.data.load_mnist", lambda *a, **k: None)
+    one_image = (np.zeros((1, 784), np.float32), np.zeros(1, np.int64))
+    monkeypatch.setattr("model.data.load_mnist", lambda *a, **k: Dataset(*one_image * 3, checksums={}))
     monkeypatch.setattr("model.train_and_save.train_and_save", capture)
     assert main(["train", "--arch", architecture, "--weights-dir", str(tmp_path)]) == 130
     assert built == [recipe_for(architecture)]
