@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from itertools import chain
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model,
+                      field_validator, model_validator)
+from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 if TYPE_CHECKING:
     from model.recipe import RecipeField
 
-Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+# strict: a JSON number only, as pixels take ("12" and true are refused, not read as 12.0 and 1.0)
+Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 INPUTS = ("image", "images", "pixels", "strokes")
 
 
@@ -72,6 +75,21 @@ class DrawingInput(BaseModel):
                              f"{low:g} to {high:g}. Divide 0-255 values by 255")
         return X.astype(np.float32)  # after the range check: 1e300 is out of range, not an overflow
 
+    @field_validator("strokes", mode="wrap")
+    @classmethod
+    def _strokes_hold_numbers_only(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:  # one sentence for a coordinate that is not a number, as pixels give
+            bad = next((e for e in exc.errors() if e["type"] == "float_type"), None)
+            if bad is None:
+                raise
+            where = "".join(f"[{i}]" for i in bad["loc"])
+            shown = json.dumps(bad["input"])
+            shown = shown if len(shown) <= 40 else shown[:36] + " ..."
+            raise ValueError(f"must be lists of [x, y] points, numbers only (no strings, nulls or booleans); "
+                             f"strokes{where} is {shown}") from None
+
     @model_validator(mode="after")
     def _exactly_one_input(self) -> "DrawingInput":
         given = [name for name in INPUTS if getattr(self, name) is not None]
@@ -86,7 +104,8 @@ class DrawingInput(BaseModel):
 
 
 class PredictRequest(DrawingInput):
-    explain: bool = Field(False, description="also return the 28x28 input the model saw and a saliency map")
+    explain: bool = Field(False, strict=True,  # true or false: not "yes", "false" or 0
+                          description="also return the 28x28 input the model saw and a saliency map")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"strokes": [[[40, 40], [200, 40], [90, 250]]], "explain": True},
@@ -200,8 +219,14 @@ class JobCreated(BaseModel):
     status: str
 
 
+class JobCancelling(BaseModel):
+    """DELETE /train/{id}'s answer: the job is asked to stop, and ends as `cancelled` (GET its Location)."""
+    job_id: str
+    status: Literal["cancelling"] = "cancelling"
+
+
 class FeedbackRequest(DrawingInput):
-    label: int = Field(ge=0, le=9, description="the digit the person meant")
+    label: int = Field(ge=0, le=9, strict=True, description="the digit the person meant (a number: not \"7\")")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"strokes": [[[40, 40], [200, 40], [90, 250]]], "label": 7},

@@ -229,6 +229,20 @@ BAD_PAYLOADS = [
     ({"strokes": []}, 422, "the drawing is empty"),
     ({"strokes": [[]]}, 422, "the drawing is empty"),
     ({"strokes": [[[1, 2, 3]]]}, 422, "strokes.0.0: Tuple should have at most 2 items after validation, not 3"),
+    # strokes take JSON numbers only, as pixels do: "12" is not read as 12, nor true as 1
+    ({"strokes": [[[10, 10], [10, "12"]]]}, 422,
+     'strokes: must be lists of [x, y] points, numbers only (no strings, nulls or booleans); strokes[0][1][1] is "12"'),
+    ({"strokes": [[[10, 10]], [[True, 200]]]}, 422,
+     "strokes: must be lists of [x, y] points, numbers only (no strings, nulls or booleans); strokes[1][0][0] is true"),
+    ({"strokes": [[[10, None]]]}, 422,
+     "strokes: must be lists of [x, y] points, numbers only (no strings, nulls or booleans); strokes[0][0][1] is null"),
+    ({"strokes": [[["1" * 100, 10]]]}, 422,  # the value shown is cut short
+     "strokes: must be lists of [x, y] points, numbers only (no strings, nulls or booleans); strokes[0][0][0] is "
+     '"11111111111111111111111111111111111 ...'),
+    # explain is true or false, nothing that reads like it
+    ({"strokes": [[[10, 10], [10, 200]]], "explain": "yes"}, 422, "explain: Input should be a valid boolean"),
+    ({"strokes": [[[10, 10], [10, 200]]], "explain": "false"}, 422, "explain: Input should be a valid boolean"),
+    ({"pixels": [0.0] * 784, "explain": 1}, 422, "explain: Input should be a valid boolean"),
     ({"image": png_data_url(draw=False)}, 422, "the drawing is empty"),
     ({"image": "not base64!"}, 422, "the image is not valid base64 (Only base64 data is allowed)"),
     ({"image": "data:image/png,abc"}, 422, "the data URL is not base64-encoded; send canvas.toDataURL() output"),
@@ -420,6 +434,51 @@ def test_feedback_is_stored_and_summarised(client):
     assert client.post("/feedback", json={"pixels": [0.0] * 783 + [True], "label": 3}).json() == {
         "detail": "pixels: must be a rectangular list of numbers (rows of equal length, no strings, nulls or booleans)"}
     assert client.get("/feedback").json()["total"] == 4
+
+
+@pytest.mark.parametrize("label", ["7", 7.0, True, "seven"])
+def test_a_feedback_label_is_a_number_not_text_or_a_boolean(client, label):
+    response = client.post("/feedback", json={"strokes": [[[10, 10], [10, 200]]], "label": label})
+    assert response.status_code == 422
+    assert response.json() == {"detail": "label: Input should be a valid integer"}
+    assert client.get("/feedback").json()["total"] == 0
+
+
+def test_strokes_with_numeric_coordinates_of_any_json_kind_are_accepted(client):
+    response = client.post("/predict", json={"strokes": [[[10, 10.5], [10, 200]], [[40.25, 40]]], "explain": False})
+    assert response.status_code == 200
+    assert_prediction(response.json())
+
+
+def running_job(client) -> str:
+    """A job in the store as a worker that has started it leaves it (this process stands for the worker)."""
+    store = client.app.state.store
+    job_id = store.create_job({"epochs": 1})
+    assert store.transition(job_id, ("queued",), status="running", pid=os.getpid(), heartbeat=time.time())
+    return job_id
+
+
+def test_delete_answers_202_cancelling_and_where_to_follow_the_job(client):
+    job_id = running_job(client)
+    response = client.delete(f"/train/{job_id}")
+    assert response.status_code == 202
+    assert response.json() == {"job_id": job_id, "status": "cancelling"}
+    assert response.headers["location"] == f"/train/{job_id}"
+    job = client.get(response.headers["location"]).json()
+    assert job["status"] == "running" and job["cancel_requested"] is True  # the worker ends it (within 2 s)
+    assert client.delete(f"/train/{job_id}").json() == {"job_id": job_id, "status": "cancelling"}  # asked again
+    assert client.app.state.store.finish_job(job_id, "cancelled")  # what the worker does next
+    response = client.delete(f"/train/{job_id}")
+    assert response.status_code == 409
+    assert response.json() == {"detail": f"job {job_id} has already ended (cancelled)"}
+    assert client.delete("/train/nope").status_code == 404
+
+
+def test_delete_is_documented_as_202_with_its_answer(client):
+    operation = client.get("/openapi.json").json()["paths"]["/train/{job_id}"]["delete"]
+    assert set(operation["responses"]) >= {"202", "409"} and "200" not in operation["responses"]
+    schema = operation["responses"]["202"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/JobCancelling"}
 
 
 def test_only_json_text_with_true_or_false_in_it_is_searched_for_booleans():

@@ -186,6 +186,44 @@ def test_pixels_are_accepted_exactly_when_right(client, pixels, explain):
         assert len(answer["predictions"]) == len(value) if not single else "digit" in answer
 
 
+# coordinates a client might send: numbers (accepted) or what merely reads like one (refused, as in pixels);
+# canvas coordinates, to a hundredth of a pixel
+good_coordinates = st.one_of(st.integers(0, 280), st.floats(0, 280).map(lambda v: round(v, 2)))
+bad_coordinates = st.one_of(good_coordinates.map(str), st.booleans(), st.none(), st.just("12"))
+
+
+@st.composite
+def stroke_lists(draw) -> tuple[list, bool]:
+    """(strokes of [x, y] points, whether the service must accept them): a few coordinates overwritten
+    with text, booleans or nulls."""
+    value = draw(st.lists(st.lists(st.tuples(good_coordinates, good_coordinates).map(list), min_size=2, max_size=10),
+                          min_size=1, max_size=3))
+    valid = True
+    for _ in range(draw(st.integers(0, 2))):
+        stroke = draw(st.sampled_from(value))
+        point = draw(st.sampled_from(stroke))
+        point[draw(st.integers(0, 1))] = draw(bad_coordinates)
+        valid = False
+    return value, valid
+
+
+@FUZZ
+@given(strokes=stroke_lists(), explain=st.one_of(st.booleans(), st.sampled_from(["yes", "true", 1, 0, None])))
+def test_strokes_and_explain_are_accepted_exactly_when_right(client, strokes, explain):
+    value, numbers_only = strokes
+    body = {"strokes": value, "explain": explain}
+    response = client.post("/predict", content=encode(body), headers={"content-type": "application/json"})
+    check_answer(response, body)
+    if numbers_only and isinstance(explain, bool):
+        # a drawing of points all at one spot is refused as empty: that is about the ink, not the types
+        assert response.status_code == 200 or response.json() == {"detail": "the drawing is empty"}, response.text
+        return
+    assert response.status_code == 422, response.text[:300]
+    detail = response.json()["detail"]
+    assert ("strokes: must be lists of [x, y] points, numbers only" in detail) != numbers_only, detail
+    assert ("explain: Input should be a valid boolean" in detail) != isinstance(explain, bool), detail
+
+
 def stored_feedback(client) -> list[tuple]:
     with sqlite3.connect(client.app.state.store.path) as db:
         return db.execute("SELECT id, label, preprocessing_version, pixels FROM feedback ORDER BY id").fetchall()
