@@ -20,11 +20,17 @@ STROKES_ONE = [[[100, 20], [102, 140], [104, 260]]]
 class Server:
     """`digits serve` in its own process group, so a test can kill it and all its workers at once."""
 
-    def __init__(self, tmp: Path, mnist_dir: Path, workers: int = 1, **env) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
-        self.env.update(DIGITS_WEIGHTS_DIR=str(tmp / "weights"), DIGITS_DB_PATH=str(tmp / "db" / "digits.sqlite3"),
-                        DIGITS_DATA_DIR=str(mnist_dir), **env)
-        self.workers, self.proc, self.url = workers, None, None
+    def __init__(self, tmp: Path | None, mnist_dir: Path | None, workers: int | str = 1, *, cwd: Path = ROOT,
+                 **env) -> None:
+        """Over `tmp`/weights and a database in `tmp`/db, or (tmp None) over the default state folder
+        of the HOME that `env` names; `env` is added to this environment less its DIGITS_ and XDG_ ones."""
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGITS_", "XDG_"))}
+        if tmp is not None:
+            self.env.update(DIGITS_WEIGHTS_DIR=str(tmp / "weights"), DIGITS_DB_PATH=str(tmp / "db" / "digits.sqlite3"))
+        if mnist_dir is not None:
+            self.env["DIGITS_DATA_DIR"] = str(mnist_dir)
+        self.env.update(env)
+        self.workers, self.cwd, self.proc, self.url = workers, cwd, None, None
 
     def start(self) -> "Server":
         import socket
@@ -33,7 +39,7 @@ class Server:
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers",
-                                      str(self.workers), "--log-level", "warning"], cwd=ROOT, env=self.env,
+                                      str(self.workers), "--log-level", "warning"], cwd=self.cwd, env=self.env,
                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while True:

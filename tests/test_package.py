@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
 
-from server_support import STROKES_ONE
+from server_support import STROKES_ONE, Server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,22 +41,9 @@ def test_an_installed_wheel_serves_the_page_and_the_default_model_from_any_folde
     assert where.split() == [str(tmp_path / "site" / "app" / "__init__.py"),
                              str(tmp_path / "site" / "model" / "__init__.py")]  # not the checkout
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
-                            cwd=elsewhere, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
+    srv = Server(None, None, cwd=elsewhere, HOME=str(tmp_path / "user"), PYTHONPATH=str(tmp_path / "site")).start()
+    url = srv.url
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-3000:]
-            time.sleep(0.1)
         page = httpx.get(url + "/")
         assert page.status_code == 200 and "<canvas" in page.text
         for asset in re.findall(r'(?:src|href)="([\w./-]+\.(?:js|css|svg))"', page.text):
@@ -68,6 +53,5 @@ def test_an_installed_wheel_serves_the_page_and_the_default_model_from_any_folde
         assert model["report_url"] and httpx.get(url + model["report_url"]).status_code == 200
         assert httpx.post(url + "/predict", json={"strokes": STROKES_ONE}).json()["digit"] == 1
     finally:
-        proc.terminate()
-        proc.wait(15)
+        srv.stop()
     assert (tmp_path / "user" / ".local" / "share" / "digits" / "models" / "ACTIVE").is_file()

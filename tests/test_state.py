@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from app.settings import Settings
 from model.active import ACTIVE_FILE, active_path, seed_models
-from server_support import STROKES_ONE
+from server_support import STROKES_ONE, Server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,11 +49,11 @@ def test_a_folder_named_by_digits_weights_dir_is_used_as_it_is(tmp_path):
 
 def git_status() -> list[str]:
     """What the service could have written into the checkout: new files anywhere, and changes to the
-    shipped models and the page (`git status` of a clean clone is empty; a working copy's own edits
-    elsewhere are not the service's)."""
+    shipped models (`git status` of a clean clone is empty; a working copy's own edits to tracked code
+    are not the service's)."""
     lines = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.splitlines()
-    return [line for line in lines if line.startswith("??") or line[3:].startswith(("weights/", "static/"))]
+    return [line for line in lines if line.startswith("??") or line[3:].startswith("weights/")]
 
 
 def folder_state(folder: Path) -> dict:
@@ -66,32 +64,10 @@ def folder_state(folder: Path) -> dict:
 def test_serving_and_retraining_from_a_checkout_write_only_to_the_home_folder(tmp_path, mnist_dir):
     """`digits serve` from the checkout with a fresh HOME: a training job and feedback leave `git status`
     and the MNIST folder as they were, and the feedback is still there after a restart."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGITS_", "XDG_"))}
-    env.update(HOME=str(tmp_path / "user"), DIGITS_DATA_DIR=str(mnist_dir))
     before, mnist_before = git_status(), folder_state(mnist_dir)
-
-    def start() -> tuple[subprocess.Popen, str]:
-        import socket
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level",
-                                 "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(proc.stderr.read().decode()[-3000:])
-            time.sleep(0.1)
-
-    proc, url = start()
+    srv = Server(None, mnist_dir, HOME=str(tmp_path / "user")).start()
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with srv.client() as client:
             job = client.post("/train", json={"architecture": "seed", "epochs": 1, "validation_size": 1000}).json()
             deadline = time.monotonic() + 300
             while (state := client.get(f"/train/{job['job_id']}").json())["status"] in ("queued", "running"):
@@ -100,19 +76,17 @@ def test_serving_and_retraining_from_a_checkout_write_only_to_the_home_folder(tm
             assert state["status"] == "succeeded", state
             assert client.post("/feedback", json={"strokes": STROKES_ONE, "label": 1}).status_code == 201
     finally:
-        proc.terminate()
-        proc.wait(15)
+        srv.stop()
     home = tmp_path / "user" / ".local" / "share" / "digits"
     assert (home / "models" / f"{state['model_version']}.npz").is_file()
     assert (home / "jobs" / f"{job['job_id']}.log").is_file() and (home / "digits.sqlite3").is_file()
     assert git_status() == before
     assert folder_state(mnist_dir) == mnist_before
 
-    proc, url = start()
+    srv.start()
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with srv.client() as client:
             assert client.get("/feedback").json()["total"] == 1
             assert state["model_version"] in {m["version"] for m in client.get("/models").json()["models"]}
     finally:
-        proc.terminate()
-        proc.wait(15)
+        srv.stop()
