@@ -275,3 +275,40 @@ def test_a_job_with_include_feedback_trains_on_it_and_reports_it_apart(server):
         assert metrics["n_feedback"] == 10 and metrics["n_feedback_held_out"] == 2
         assert metrics["feedback_accuracy"] == 1.0  # a vertical stroke is a 1
         assert metrics["n_train"] > 50_000
+
+
+SEED_SHIPPED = "seed-20261125-150552-e40856a3"   # a shipped network that fine-tunes in seconds
+ENSEMBLE_SHIPPED = "ensemble-20261125-162143-d45b5add"
+
+
+def test_fine_tuning_the_active_model_on_feedback_reports_held_out_corrections_before_and_after(server, tmp_state):
+    from model.drawn_digits import drawn_digits
+    drawn = drawn_digits(per_style=1, seed=3)  # one drawing of each style; 25 of them (the feedback limit: 30/min)
+    with server.client() as client:
+        assert client.post(f"/models/{ENSEMBLE_SHIPPED}/activate").status_code == 200
+        refused = client.post("/train", json={"fine_tune": True})
+        assert refused.status_code == 422
+        assert refused.json() == {"detail": f"{ENSEMBLE_SHIPPED} is an ensemble; fine-tuning starts from one "
+                                            f"network of seed, mlp, cnn, cnn_bn, cnn_deep: activate one, or "
+                                            f"train a new model"}
+        assert client.post(f"/models/{SEED_SHIPPED}/activate").status_code == 200
+        for strokes, label in zip(drawn.strokes[:25], drawn.labels[:25]):
+            body = {"strokes": [s.tolist() for s in strokes], "label": int(label)}
+            assert client.post("/feedback", json=body).status_code == 201
+        response = client.post("/train", json={"fine_tune": True, "epochs": 1, "train_size": 2000})
+        assert response.status_code == 202, response.text
+        job = wait_for(client, response.json()["job_id"], ("succeeded", "failed", "interrupted"))
+        assert job["status"] == "succeeded", job
+        recipe = job["recipe"]
+        assert (recipe["architecture"], recipe["fine_tune"]) == ("seed", True)
+        assert recipe["start_from"] == f"{SEED_SHIPPED}.npz"
+        assert (recipe["learning_rate"], recipe["include_feedback"]) == (0.05, True)  # seed's 0.5 / 10; feedback on
+        metrics = job["metrics"]
+        assert (metrics["n_feedback"], metrics["n_feedback_held_out"]) == (25, 5)
+        assert metrics["n_train"] > 2000
+        before, after = metrics["feedback_accuracy_before"], metrics["feedback_accuracy"]
+        assert 0 <= before <= 1 and 0 <= after <= 1
+        held_out = f"held-out corrections {100 * before:.1f}% before, {100 * after:.1f}% after (5 drawings)"
+        assert held_out in job["decision"]
+        assert f"{100 * metrics['val_accuracy']:.1f}%" in job["decision"]
+        assert read_meta(tmp_state / "weights" / f"{job['model_version']}.npz")["fine_tuned_from"] == SEED_SHIPPED
