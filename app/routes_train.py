@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from app.schemas import JobCreated, TrainRequest
+from app.schemas import JobCancelling, JobCreated, TrainRequest
 from app.store import FINAL_STATES, JobConflict, job_checkpoints
 from model.active import active_path, list_models, set_active
 from model.data import DataError, FILES, find_file
@@ -202,14 +202,17 @@ async def training_events(request: Request, job: dict = Depends(existing_job)):
         job = await asyncio.to_thread(store.get_job, job["id"])
 
 
-@router.delete("/train/{job_id}", dependencies=[Depends(require_admin)],
+@router.delete("/train/{job_id}", status_code=202, response_model=JobCancelling,
+               dependencies=[Depends(require_admin)],
                responses={409: {"description": "the job has already ended"}})
-def cancel_training(request: Request, job: dict = Depends(existing_job)) -> dict:
-    """Ask the job to stop; it ends as `cancelled` within about two seconds."""
+def cancel_training(request: Request, response: Response, job: dict = Depends(existing_job)) -> JobCancelling:
+    """Ask the job to stop: 202, `"status": "cancelling"`; it ends as `cancelled` within about two
+    seconds (GET the Location to see it). Asking again while it stops answers the same."""
     if job["status"] in FINAL_STATES:
         raise HTTPException(409, f"job {job['id']} has already ended ({job['status']})")
     request.app.state.store.request_cancel(job["id"])  # the worker polls it every 0.2 s
-    return job_view(request.app.state.store.get_job(job["id"]), request.app.state.settings.weights_dir)
+    response.headers["Location"] = f"/train/{job['id']}"
+    return JobCancelling(job_id=job["id"])
 
 
 @router.get("/models", tags=["model"])

@@ -205,8 +205,8 @@ async function cancelTraining() {
   ui.trainCancel.disabled = true;
   ui.trainCancel.textContent = "Cancelling…";
   try {
-    const view = await fetchAsAdmin(`/train/${encodeURIComponent(job.id)}`, { method: "DELETE" });
-    if (state.job === job && !job.ended) renderJob(view);
+    // 202 {"status": "cancelling"}; the job's own events show it end (the button stays "Cancelling…")
+    await fetchAsAdmin(`/train/${encodeURIComponent(job.id)}`, { method: "DELETE" });
   } catch (error) {
     if (state.job === job) {
       showTrainMessage(error.message, "error");
