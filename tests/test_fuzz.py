@@ -70,10 +70,12 @@ def pixel_arrays(draw) -> tuple[list, bool]:
     valid = shape in VALID_SHAPES
     X = np.full(shape, draw(good_pixels), dtype=object)
     flat = X.reshape(-1)
+    bad_at = set()  # a later good value may overwrite an earlier bad one: what counts is what is left
     for _ in range(draw(st.integers(0, 4)) if flat.size else 0):
-        bad = draw(st.booleans())
-        flat[draw(st.integers(0, flat.size - 1))] = draw(bad_pixels if bad else good_pixels)
-        valid &= not bad
+        bad, i = draw(st.booleans()), draw(st.integers(0, flat.size - 1))
+        flat[i] = draw(bad_pixels if bad else good_pixels)
+        (bad_at.add if bad else bad_at.discard)(i)
+    valid &= not bad_at
     value = X.tolist()
     if X.ndim > 1 and value and draw(st.integers(0, 4)) == 0:
         row = draw(st.integers(0, len(value) - 1))
