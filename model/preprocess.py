@@ -124,7 +124,8 @@ def render_strokes(strokes: list, raster: int = RASTER, stroke_width: float = ST
     lo, hi = allp.min(axis=0), allp.max(axis=0)
     span = float((hi - lo).max())
     pen = stroke_width * raster
-    scale = (raster - 2 * pen) / span if span > 0 else 1.0
+    # A drawing narrower than a millionth of a pixel is a dot: dividing by its span would overflow.
+    scale = (raster - 2 * pen) / span if span > 1e-6 else 1.0
     starts, ends = [], []
     for p in points:
         q = _decimate((p - (lo + hi) / 2) * scale + raster / 2, step=1.0)

@@ -196,6 +196,11 @@ def test_a_single_point_becomes_a_round_dot():
     np.testing.assert_allclose(out, out.T, atol=1e-6)
 
 
+@pytest.mark.parametrize("apart", [5e-324, 1e-300, 1e-9])
+def test_points_closer_than_a_millionth_of_a_pixel_are_a_dot_not_an_overflow(apart):
+    np.testing.assert_array_equal(preprocess_strokes([[[0, 0], [0, apart]]]), preprocess_strokes([[[0, 0]]]))
+
+
 def test_a_stroke_drawn_twice_is_the_same_as_once():
     np.testing.assert_allclose(preprocess_strokes(SEVEN + SEVEN), preprocess_strokes(SEVEN), atol=1e-6)
 
