@@ -41,11 +41,12 @@ class Settings(BaseSettings):
     static_dir: Path = Field(default_factory=lambda: shipped("static", "static"),
                              description="the drawing page's files")
     admin_token: SecretStr | None = Field(None, description="bearer token for /train and model activation")
-    max_body_bytes: int = Field(1_000_000, ge=1024, le=50_000_000)
+    max_body_bytes: int = Field(1_000_000, ge=1024, le=50_000_000, description="larger request bodies get 413")
     max_image_pixels: int = Field(4_000_000, ge=784, le=100_000_000, description="width x height limit")
-    max_pixel_batch: int = Field(256, ge=1, le=10_000)
-    max_image_batch: int = Field(64, ge=1, le=1_000)
-    max_stroke_points: int = Field(20_000, ge=10, le=1_000_000)
+    max_pixel_batch: int = Field(256, ge=1, le=10_000, description="images in one pixels batch; more: 413")
+    max_image_batch: int = Field(64, ge=1, le=1_000, description="images in one images batch; more: 413")
+    max_stroke_points: int = Field(20_000, ge=10, le=1_000_000, description="points in one drawing's strokes; "
+                                                                             "more: 413")
     blas_threads: int = Field(1, ge=1, le=64, description="BLAS threads per server process")
     db_path: Path | None = Field(None, description="SQLite file of jobs and feedback (default: <home>/digits.sqlite3)")
     reload_interval_s: float = Field(0.5, gt=0, le=60, description="how often workers look for a new active model")
