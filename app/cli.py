@@ -19,6 +19,18 @@ from model.data import DataError
 log = logging.getLogger("digits")
 
 
+def models_dir(flag: str | None) -> Path:
+    """--weights-dir, else the service's models folder (DIGITS_WEIGHTS_DIR, else <DIGITS_HOME>/models,
+    made and filled from the shipped models on first use), so that what `digits train --activate`
+    makes is what `digits serve` serves, and a checkout's weights/ is never written."""
+    if flag:
+        return Path(flag)
+    from app.settings import Settings
+    settings = Settings()
+    settings.check_paths()
+    return settings.weights_dir
+
+
 def resolve_data_dir(flag: str | None) -> Path:
     """--data-dir, else DIGITS_DATA_DIR, else the per-user cache folder (as the service resolves it)."""
     from app.settings import Settings
@@ -81,11 +93,11 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from model.data import load_mnist
-    from model.train_and_save import train_and_save
     from model.active import set_active
     from model.checkpoint import load_checkpoint
     from model.recipe import ENSEMBLE, fine_tune_recipe, recipe_fields, recipe_for
     from model.train import checkpoint_files
+    from model.train_and_save import train_and_save
 
     given = {f.name: getattr(args, f.name) for f in recipe_fields()}
     source = fine_tuning_source(args, given) if given["fine_tune"] else None
@@ -93,7 +105,7 @@ def cmd_train(args) -> int:
     recipe.validate()
     data = load_mnist(resolve_data_dir(args.data_dir), validation_size=recipe.validation_size)
     out = Path(args.out) if args.out else None
-    tmp_out = out or Path(args.weights_dir) / f".training-{os.getpid()}.npz"
+    tmp_out = out or models_dir(args.weights_dir) / f".training-{os.getpid()}.npz"
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     n_epochs = recipe.epochs * (recipe.members if recipe.architecture == ENSEMBLE else 1)
     done = 0  # epochs the checkpoint holds (an ensemble's: its members' together)
@@ -138,7 +150,7 @@ def fine_tuning_source(args, given: dict):
 
     if given["architecture"] == Recipe.architecture:
         given["architecture"] = None
-    return load_servable(Path(args.start_from) if args.start_from else active_path(Path(args.weights_dir)))
+    return load_servable(Path(args.start_from) if args.start_from else active_path(models_dir(args.weights_dir)))
 
 
 def worse_than_active(weights_dir: Path, val_accuracy: float, data) -> str | None:
@@ -204,12 +216,12 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from model.train_and_save import ensemble_and_save
     from model.active import set_active
+    from model.train_and_save import ensemble_and_save
 
     paths = [Path(p) for p in args.members]
     data = data_beside(paths[0], args.data_dir)
-    out = Path(args.out) if args.out else Path(args.weights_dir) / f".ensemble-{os.getpid()}.npz"
+    out = Path(args.out) if args.out else models_dir(args.weights_dir) / f".ensemble-{os.getpid()}.npz"
     meta = ensemble_and_save(paths, data, out)
     if not args.out:
         final = out.with_name(f"{meta['version']}.npz")
@@ -383,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Options left out take the architecture's default recipe (model.recipe.ARCHITECTURE_RECIPES)."))
     add_recipe_flags(train)
     train.add_argument("--data-dir", help=data_dir_help())
-    train.add_argument("--weights-dir", default="weights", help="where the versioned file goes (default: weights)")
+    train.add_argument("--weights-dir", help="where the versioned file goes (default: the service's models "
+                                            "folder, <DIGITS_HOME>/models)")
     train.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")
     train.add_argument("--activate", action="store_true", help="make it the model the service loads, unless it is "
                        "worse on validation than the active one")
@@ -404,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble = sub.add_parser("ensemble", help="average saved models into one ensemble weights file")
     ensemble.add_argument("members", nargs="+", help="two or more weights .npz files")
     ensemble.add_argument("--data-dir", help=data_dir_help())
-    ensemble.add_argument("--weights-dir", default="weights", help="where the versioned file goes")
+    ensemble.add_argument("--weights-dir", help="where the versioned file goes (default: the service's models "
+                                               "folder, <DIGITS_HOME>/models)")
     ensemble.add_argument("--out", help="exact output path instead of WEIGHTS_DIR/<version>.npz")
     ensemble.add_argument("--activate", action="store_true", help="make it the model the service loads")
     ensemble.set_defaults(func=cmd_ensemble)

@@ -275,8 +275,8 @@ def test_serve_help_names_every_setting_with_its_default_and_description(capsys,
         if field.description:
             assert f") {field.description}" in text, name
     # bounds in words, from the fields' constraints
-    assert ("DIGITS_MAX_BODY_BYTES (default: 1000000; 1024 to 50000000) DIGITS_MAX_IMAGE_PIXELS "
-            "(default: 4000000; 784 to 100000000) width x height limit") in text
+    assert ("DIGITS_MAX_BODY_BYTES (default: 1000000; 1024 to 50000000) larger request bodies get 413 "
+            "DIGITS_MAX_IMAGE_PIXELS (default: 4000000; 784 to 100000000) width x height limit") in text
     assert ("DIGITS_RELOAD_INTERVAL_S (default: 0.5; more than 0, at most 60) how often workers look for a "
             "new active model") in text
     assert "DIGITS_ADMIN_TOKEN (unset) bearer token" in text
