@@ -1,6 +1,7 @@
 """A real `digits serve` in a subprocess for end-to-end tests, and a private copy of the shipped weights."""
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -76,3 +77,11 @@ def copy_shipped_weights(folder: Path) -> Path:
         shutil.copy(path, folder / "weights" / path.name)
     shutil.copy(ROOT / "weights" / ACTIVE_FILE, folder / "weights" / ACTIVE_FILE)
     return folder
+
+
+def run_async(coro):
+    """asyncio.run(coro) in a thread of its own: Playwright's sync API (the page tests) leaves an event
+    loop set in the main thread, where asyncio.run refuses to start another."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()

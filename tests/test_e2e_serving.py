@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from server_support import STROKES_ONE, Server
+from server_support import STROKES_ONE, Server, run_async
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_overload_is_shed_with_503_and_retry_after_and_no_connection_hangs(tmp_s
                                           for _ in range(64)))
 
     try:
-        responses = asyncio.run(storm())  # an httpx timeout here (a hung connection) fails the test
+        responses = run_async(storm())  # an httpx timeout here (a hung connection) fails the test
         statuses = [r.status_code for r in responses]
         assert set(statuses) == {200, 503}, statuses
         refused = [r for r in responses if r.status_code == 503]
@@ -99,7 +99,7 @@ def test_concurrent_answers_equal_one_by_one_answers_in_order(tmp_state, mnist_d
             async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
                 return await asyncio.gather(*(client.post("/predict", json={"pixels": x.tolist()}) for x in X))
 
-        concurrent = [r.json() for r in asyncio.run(together())]
+        concurrent = [r.json() for r in run_async(together())]
         for one, many in zip(alone, concurrent):
             assert many["digit"] == one["digit"]
             np.testing.assert_allclose(many["probabilities"], one["probabilities"], rtol=1e-5, atol=1e-7)

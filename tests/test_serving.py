@@ -7,6 +7,7 @@ import pytest
 
 from app.serving import Admission, MicroBatcher, Overloaded, RateLimiter
 from model.network import Network
+from server_support import run_async
 
 TINY_CNN = {"name": "tiny_cnn", "layers": [
     {"type": "reshape", "shape": [28, 28, 1]},
@@ -33,7 +34,7 @@ class GatedModel:
 
 
 def run(coro):
-    return asyncio.run(coro)
+    return run_async(coro)
 
 
 async def started(batcher: MicroBatcher) -> MicroBatcher:
