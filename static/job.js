@@ -69,6 +69,18 @@ export function renderJob(view) {
   drawChart(ui.chart, view);
 }
 
+// How the fine-tuned model reads the corrections it never trained on, before and after.
+function heldOutText(metrics) {
+  const n = metrics.n_feedback_held_out ?? 0;
+  const before = metrics.feedback_accuracy_before;
+  const after = metrics.feedback_accuracy;
+  if (!n || typeof before !== "number" || typeof after !== "number") {
+    return `Held-out corrections: none (${metrics.n_feedback ?? 0} sent; a fifth is held out from 5 on).`;
+  }
+  return `Held-out corrections (${n} drawing${n === 1 ? "" : "s"} it never trained on): ` +
+         `${percent(before)} right before, ${percent(after)} after.`;
+}
+
 // Redraw the followed job's chart, e.g. after the canvas was resized.
 export function redrawChart() {
   drawChart(ui.chart, state.job?.view ?? {});
@@ -89,10 +101,18 @@ function renderOutcome(view, final) {
   };
   if (view.status === "succeeded") {
     const metrics = view.metrics ?? {};
+    const fineTuned = Boolean(view.recipe?.fine_tune);
     const parts = [];
-    if (typeof metrics.val_accuracy === "number") parts.push(`validation accuracy ${percent(metrics.val_accuracy)}`);
+    if (typeof metrics.val_accuracy === "number") {
+      const was = metrics.val_accuracy_before;
+      const before = typeof was === "number" ? ` (was ${percent(was)})` : "";
+      parts.push(`validation accuracy ${percent(metrics.val_accuracy)}${before}`);
+    }
     if (typeof metrics.test_accuracy === "number") parts.push(`test accuracy ${percent(metrics.test_accuracy)}`);
-    add(`Trained ${view.model_version ?? "a new model"}${parts.length ? `: ${parts.join(", ")}` : ""}.`);
+    const source = view.recipe?.start_from?.replace(/\.npz$/, "") ?? "the model";
+    const made = fineTuned ? `Improved ${source} into` : "Trained";
+    add(`${made} ${view.model_version ?? "a new model"}${parts.length ? `: ${parts.join(", ")}` : ""}.`);
+    if (fineTuned) add(heldOutText(metrics), "outcome-feedback");
     add(view.promoted ? "Promoted: the page now uses it." : "Not promoted: the current model stays.",
         view.promoted ? "outcome-verdict is-good" : "outcome-verdict");
     if (view.decision) add(view.decision, "muted");

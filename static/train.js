@@ -1,5 +1,6 @@
-// The Train panel: start a /train job from the form, follow it over Server-Sent Events (also one
-// started in another tab or by `digits`), cancel it. job.js draws what the job reports.
+// The Train panel: improve the active model with the corrections (fine-tuning, the first action) or
+// start a new model from the form; follow the job over Server-Sent Events (also one started in another
+// tab or by `digits`), cancel it. job.js draws what the job reports.
 
 import { fetchAsAdmin, initAdminToken } from "./admin.js";
 import { fetchJSON } from "./api.js";
@@ -16,9 +17,13 @@ export function jobIsActive() {
   return Boolean(state.job && !state.job.ended);
 }
 
+const improveButton = document.getElementById("train-improve");
+const recipes = {};  // architecture -> its default recipe (GET /architectures), for the epochs placeholder
+
 function updateTrainControls() {
   const active = jobIsActive();
   ui.trainStart.disabled = active || state.starting;
+  improveButton.disabled = active || state.starting;
   ui.trainCard.dataset.state = active ? "running" : state.job ? "ended" : "idle";
 }
 
@@ -30,12 +35,20 @@ async function loadArchitectures() {
     const answer = await fetchJSON("/architectures");
     names = answer.architectures;
     fallback = answer.default_recipe?.architecture;
+    Object.assign(recipes, answer.recipes ?? {});
   } catch {
     return;
   }
   if (!Array.isArray(names) || !names.length || !names.every((name) => typeof name === "string")) return;
   const chosen = [ui.trainArchitecture.value, fallback].find((name) => names.includes(name)) ?? names[0];
   ui.trainArchitecture.replaceChildren(...names.map((name) => new Option(name, name, name === chosen, name === chosen)));
+  showDefaultEpochs();
+}
+
+// An empty Epochs field takes the architecture's own recipe: show its count as the placeholder.
+function showDefaultEpochs() {
+  const epochs = recipes[ui.trainArchitecture.value]?.epochs;
+  ui.trainEpochs.placeholder = Number.isInteger(epochs) ? String(epochs) : "";
 }
 
 // ---- start, follow, cancel ------------------------------------------------------------------------
@@ -43,19 +56,29 @@ async function loadArchitectures() {
 async function startTraining(event) {
   event.preventDefault();
   if (jobIsActive() || state.starting) return;
-  const epochs = Number(ui.trainEpochs.value);
-  const min = Number(ui.trainEpochs.min);
-  const max = Number(ui.trainEpochs.max);
-  if (!Number.isInteger(epochs) || epochs < min || epochs > max) {
-    showTrainMessage(`Epochs must be a whole number from ${min} to ${max}.`, "error");
-    ui.trainEpochs.focus();
-    return;
+  const recipe = { architecture: ui.trainArchitecture.value };
+  if (ui.trainEpochs.value.trim() !== "") {
+    const epochs = Number(ui.trainEpochs.value);
+    const min = Number(ui.trainEpochs.min);
+    const max = Number(ui.trainEpochs.max);
+    if (!Number.isInteger(epochs) || epochs < min || epochs > max) {
+      showTrainMessage(`Epochs must be a whole number from ${min} to ${max}, or empty for the recipe's.`, "error");
+      ui.trainEpochs.focus();
+      return;
+    }
+    recipe.epochs = epochs;
   }
-  const recipe = {
-    architecture: ui.trainArchitecture.value,
-    epochs,
-    include_feedback: ui.trainFeedback.checked,
-  };
+  recipe.include_feedback = ui.trainFeedback.checked;
+  await postTraining(recipe);
+}
+
+// Fine-tune the active model on MNIST plus the corrections; the server fills in the recipe.
+async function improveModel() {
+  if (jobIsActive() || state.starting) return;
+  await postTraining({ fine_tune: true, include_feedback: true });
+}
+
+async function postTraining(recipe) {
   state.starting = true;
   updateTrainControls();
   showTrainMessage("Starting…");
@@ -66,7 +89,8 @@ async function startTraining(event) {
       body: JSON.stringify(recipe),
     });
     showTrainMessage("");
-    followJob(created.job_id, { job_id: created.job_id, status: created.status, n_epochs: epochs, progress: 0 });
+    followJob(created.job_id, { job_id: created.job_id, status: created.status, n_epochs: recipe.epochs, recipe,
+                                progress: 0 });
   } catch (error) {
     if (error.status === 409) {
       showTrainMessage(error.message, "info");  // a job is already training: follow that one
@@ -238,6 +262,8 @@ async function resumeTraining() {
 
 export function initTraining() {
   ui.trainForm.addEventListener("submit", startTraining);
+  improveButton.addEventListener("click", improveModel);
+  ui.trainArchitecture.addEventListener("change", showDefaultEpochs);
   ui.trainCancel.addEventListener("click", cancelTraining);
   ui.trainResume.addEventListener("click", resumeTraining);
   // Leaving the page ends the stream cleanly; coming back from the back-forward cache resumes it.

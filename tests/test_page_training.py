@@ -171,10 +171,18 @@ def browser_context_args(browser_context_args, server: Server):
 def digits(page: Page, server: Server):
     """The page, opened; afterwards no training job is left running and the original model is active."""
     page.add_init_script(WATCH_PROGRESS_JS)
-    yield DigitsPage(page).open()
+    digits = DigitsPage(page).open()
+    open_new_model_form(page)
+    yield digits
     server.stop_jobs()
     if server.get("/model")["version"] != server.original_version:
         server.activate(server.original_version)
+
+
+def open_new_model_form(page: Page) -> None:
+    """Unfold the secondary action, "Or train a new model from scratch" (fine-tuning comes first)."""
+    page.get_by_text("Or train a new model from scratch").click()
+    expect(page.get_by_label("Epochs")).to_be_visible()
 
 
 def canvas_hash(page: Page, selector: str = "#train-chart") -> str:
@@ -351,7 +359,7 @@ def test_a_running_job_is_joined_on_409_and_on_load_and_can_be_cancelled(digits:
     for each in (page, other.page):
         expect(each.locator("#job-id")).to_have_text(job_id)
         expect(each.locator("#job-status")).to_have_text("running", timeout=60_000)
-        expect(each.get_by_role("button", name="Start training")).to_be_disabled()
+        expect(each.get_by_role("button", name="Improve the current model with your corrections")).to_be_disabled()
 
     with other.page.expect_response(lambda r: r.request.method == "DELETE") as cancelled:
         other.page.get_by_role("button", name="Cancel").click()
@@ -359,7 +367,8 @@ def test_a_running_job_is_joined_on_409_and_on_load_and_can_be_cancelled(digits:
     for each in (other.page, page):
         expect(each.locator("#job-status")).to_have_text("cancelled", timeout=CANCEL_TIMEOUT_MS)
         expect(each.locator("#job-outcome")).to_contain_text("Cancelled")
-        expect(each.get_by_role("button", name="Start training")).to_be_enabled()
+        expect(each.get_by_role("button", name="Improve the current model with your corrections")).to_be_enabled()
+    expect(page.get_by_role("button", name="Start training")).to_be_enabled()  # the one unfolded here
     assert server.get(f"/train/{job_id}")["status"] == "cancelled", server.job_log(job_id)
     assert [e for e in digits.errors if "409" not in e] == []
     assert other.errors == []
@@ -404,7 +413,9 @@ def test_refusals_and_failed_jobs_show_the_servers_words(digits: DigitsPage):
     page.get_by_label("Include my feedback").check()
     with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/train")) as sent:
         page.get_by_role("button", name="Start training").click()
-    assert sent.value.post_data_json == {"architecture": "seed", "epochs": 3, "include_feedback": True}
+    # Epochs left empty: the architecture's recipe (its count is the placeholder)
+    assert sent.value.post_data_json == {"architecture": "seed", "include_feedback": True}
+    assert page.get_by_label("Epochs").get_attribute("placeholder") == "30"
     expect(page.locator("#train-message")).to_have_text("training and activation answer only this machine")
     expect(page.locator("#job")).to_be_hidden()
     expect(page.get_by_label("Admin token")).to_be_hidden()  # a 403 without a token: no token would help
@@ -413,7 +424,8 @@ def test_refusals_and_failed_jobs_show_the_servers_words(digits: DigitsPage):
 
     page.get_by_label("Epochs").fill("0")
     page.get_by_role("button", name="Start training").click()
-    expect(page.locator("#train-message")).to_have_text("Epochs must be a whole number from 1 to 50.")
+    expect(page.locator("#train-message")).to_have_text(
+        "Epochs must be a whole number from 1 to 200, or empty for the recipe's.")
     page.get_by_label("Epochs").fill("2")
 
     job_id = "f00dfeedbeef"
@@ -458,6 +470,7 @@ def test_the_architecture_choices_come_from_the_server_with_seed_chosen(digits: 
 
 def test_a_server_with_an_admin_token_gets_it_from_a_field_that_appears_on_401(page: Page, token_server: Server):
     digits = DigitsPage(page).open(token_server.url)
+    open_new_model_form(page)
     token_field = page.get_by_label("Admin token")
     start = page.get_by_role("button", name="Start training")
     message = page.locator("#train-message")
@@ -506,3 +519,47 @@ def test_a_server_with_an_admin_token_gets_it_from_a_field_that_appears_on_401(p
     expect(page.locator("#job-status")).to_have_text("cancelled", timeout=CANCEL_TIMEOUT_MS)
     assert token_server.get(f"/train/{job_id}")["status"] == "cancelled", token_server.job_log(job_id)
     assert [e for e in digits.errors if "401" not in e and "403" not in e] == []
+
+
+SEED_SHIPPED = "seed-20261125-150552-e40856a3"  # a shipped network that fine-tunes in seconds
+
+
+def test_improving_the_current_model_comes_first_and_shows_held_out_corrections_before_and_after(
+        digits: DigitsPage, server: Server, mnist_for_training: Path):
+    from model.drawn_digits import drawn_digits
+    page = digits.page
+    server.activate(SEED_SHIPPED)
+    drawn = drawn_digits(per_style=1, seed=4)
+    for strokes, label in zip(drawn.strokes[:10], drawn.labels[:10]):
+        server.send("POST", "/feedback", {"strokes": [s.tolist() for s in strokes], "label": int(label)})
+    page.reload()
+    improve = page.get_by_role("button", name="Improve the current model with your corrections")
+    retrain = page.get_by_text("Or train a new model from scratch")
+    expect(improve).to_be_visible()
+    expect(page.get_by_label("Epochs")).to_be_hidden()  # the full retrain is folded away, second
+    first = page.evaluate("""() => [...document.querySelectorAll('#train button, #train summary')]
+                                   .filter((e) => e.offsetParent !== null).map((e) => e.innerText.trim())""")
+    assert first[:2] == [improve.inner_text().strip(), retrain.inner_text().strip()], first
+    # a small budget for the test: the page's own request, with the epochs and images cut down on the way
+    page.route("**/train", lambda route: route.continue_(post_data=json.dumps(
+        {**route.request.post_data_json, "epochs": 1, "train_size": 1000})))
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/train")) as started:
+        improve.click()
+    assert started.value.request.post_data_json == {"fine_tune": True, "include_feedback": True, "epochs": 1,
+                                                    "train_size": 1000}
+    assert started.value.status == 202, started.value.text()
+    job_id = started.value.json()["job_id"]
+    expect(improve).to_be_disabled()
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=TRAINING_TIMEOUT_MS)
+    job = server.get(f"/train/{job_id}")
+    assert job["recipe"]["fine_tune"] and job["recipe"]["start_from"] == f"{SEED_SHIPPED}.npz", server.job_log(job_id)
+    m = job["metrics"]
+    outcome = page.locator("#job-outcome")
+    expect(outcome).to_contain_text(f"Improved {SEED_SHIPPED} into {job['model_version']}: validation accuracy "
+                                    f"{100 * m['val_accuracy']:.1f}% (was {100 * m['val_accuracy_before']:.1f}%)")
+    expect(outcome).to_contain_text(
+        f"Held-out corrections (2 drawings it never trained on): {100 * m['feedback_accuracy_before']:.1f}% right "
+        f"before, {100 * m['feedback_accuracy']:.1f}% after.")
+    expect(outcome).to_contain_text(job["decision"])
+    expect(improve).to_be_enabled()
+    assert digits.errors == []
