@@ -783,3 +783,28 @@ def test_process_alive_tells_a_running_process_from_an_unreaped_and_a_reaped_one
         proc.kill()
         proc.wait()
     assert not process_alive(proc.pid)
+
+
+def test_a_fine_tune_that_reads_corrections_better_is_promoted_within_a_tenth_of_a_point(tmp_path):
+    from app.worker import promotion_decision
+    from conftest import save_tiny_model
+    from model.active import set_active
+    from model.train_and_save import active_accuracy
+
+    save_tiny_model(tmp_path / "active.npz", version="active-1")
+    set_active(tmp_path, "active.npz")
+    rng = np.random.default_rng(0)
+    X, y = rng.random((2000, 784), dtype=np.float32), rng.integers(0, 10, 2000)
+    _, old = active_accuracy(tmp_path, X, y)
+
+    def candidate(val_drop: float, before: float, after: float, fine_tuned: bool = True) -> dict:
+        meta = {"metrics": {"val_accuracy": old - val_drop, "feedback_accuracy_before": before,
+                            "feedback_accuracy": after, "n_feedback_held_out": 20}}
+        return {**meta, "fine_tuned_from": "active-1"} if fine_tuned else meta
+
+    promoted, reason = promotion_decision(candidate(0.0005, 0.80, 0.90), tmp_path, "if_better", X, y)
+    assert promoted and reason.startswith("promoted: it reads the held-out corrections better")
+    assert not promotion_decision(candidate(0.002, 0.80, 0.90), tmp_path, "if_better", X, y)[0]  # lost too much
+    assert not promotion_decision(candidate(0.0005, 0.90, 0.90), tmp_path, "if_better", X, y)[0]  # no better
+    assert not promotion_decision(candidate(0.0005, 0.80, 0.90, fine_tuned=False), tmp_path, "if_better", X, y)[0]
+    assert promotion_decision(candidate(-0.001, 0.9, 0.8), tmp_path, "if_better", X, y)[0]  # better on validation
