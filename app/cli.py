@@ -155,7 +155,8 @@ def fine_tuning_source(args, given: dict):
 
 def worse_than_active(weights_dir: Path, val_accuracy: float, data) -> str | None:
     """Why a new model must not replace the active one: a lower validation accuracy on the same images."""
-    from model.train_and_save import active_accuracy, percent
+    from model.evaluate import percent
+    from model.train_and_save import active_accuracy
     from model.weights import WeightsError
 
     try:

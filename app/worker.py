@@ -22,7 +22,8 @@ from model.active import set_active
 from model.data import load_mnist
 from model.malloc_tuning import TRAINING, keep_freed_memory
 from model.train import Progress, Recipe, TrainingCancelled
-from model.train_and_save import active_accuracy, percent, train_and_save
+from model.evaluate import percent
+from model.train_and_save import active_accuracy, train_and_save
 from model.weights import WeightsError, load_servable
 
 log = logging.getLogger("digits.worker")

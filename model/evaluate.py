@@ -34,3 +34,8 @@ def format_evaluation(ev: Evaluation, title: str) -> str:
               "       " + "".join(f"{d:>6}" for d in range(N_CLASSES))]
     lines += [f"  {d:>3}  " + "".join(f"{c:>6}" for c in row) for d, row in enumerate(ev.confusion)]
     return "\n".join(lines)
+
+
+def percent(fraction: float) -> str:
+    """0.98765 -> "98.8%": how reports, the page and the command line write accuracies."""
+    return f"{100 * fraction:.1f}%"

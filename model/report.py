@@ -14,7 +14,7 @@ import numpy as np
 
 from model.atomic import write_atomically
 from model.calibrate import expected_calibration_error, reliability, scaled_probabilities
-from model.evaluate import Evaluation, evaluate
+from model.evaluate import Evaluation, evaluate, percent
 from model.network import N_CLASSES, N_PIXELS
 from model.report_html import format_confidence, render_index
 
@@ -173,7 +173,7 @@ def plot_reliability(fig, found: Findings, y: np.ndarray):
                 label="at the bin's mean confidence")
         ax.plot([0, 1], [0, 1], "--", color="#566076", linewidth=1, label="perfect calibration")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-               title=f"{label}\nECE {100 * ece:.2f}%")
+               title=f"{label}\nECE {percent(ece)}")
         ax.title.set_fontsize(9)
         ax.legend(loc="upper left", fontsize=7)
     return fig

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.evaluate import percent
 from model.network import N_CLASSES
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -38,7 +39,7 @@ def render_index(meta: dict, found, y: np.ndarray, figures: list[str], title: st
     return template().render(
         title=title, version=str(meta.get("version", "?")),
         architecture=str((meta.get("architecture") or {}).get("name", "custom")),
-        accuracy=f"{100 * ev.accuracy:.2f}%", n=f"{ev.n:,}", n_right=f"{int(np.trace(ev.confusion)):,}",
+        accuracy=percent(ev.accuracy), n=f"{ev.n:,}", n_right=f"{int(np.trace(ev.confusion)):,}",
         created=str(meta.get("created_at", "?")), figures=figures,
         metrics=metrics_rows(meta.get("metrics") or {}), calibration=calibration_rows(meta.get("calibration") or {}),
         mistakes=mistakes_summary(found, y, n_shown), per_class=per_class_rows(found),
@@ -56,16 +57,16 @@ def format_value(key: str, value) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, float) and ("accuracy" in key or key in ("coverage", "precision_kept")) and 0 <= value <= 1:
-        return f"{100 * value:.2f}%"
+        return percent(value)
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:.4g}"
 
 
 def ece_summary(found) -> str:
-    text = f"Expected calibration error on these test images: {100 * found.ece_plain:.2f}% with the plain softmax"
+    text = f"Expected calibration error on these test images: {percent(found.ece_plain)} with the plain softmax"
     if found.calibrated:
-        text += f", {100 * found.ece:.2f}% after temperature scaling (T = {found.temperature:.3f})"
+        text += f", {percent(found.ece)} after temperature scaling (T = {found.temperature:.3f})"
     return text
 
 
@@ -84,7 +85,7 @@ def calibration_rows(calibration: dict) -> list[list[str]] | None:
     if "temperature" not in calibration:
         return None
     return [[CALIBRATION_LABELS.get(k, str(k)),
-             f"{100 * v:.2f}%" if k in PERCENT_KEYS and isinstance(v, (int, float)) else format_value(k, v)]
+             percent(v) if k in PERCENT_KEYS and isinstance(v, (int, float)) else format_value(k, v)]
             for k, v in sorted(calibration.items(), key=lambda kv: calibration_order(kv[0]))]
 
 
@@ -101,14 +102,14 @@ def mistakes_summary(found, y: np.ndarray, n_shown: int) -> dict:
                   "n_right": f"{len(right):,}"}
     rows = [[str(rank), str(int(i)), str(int(y[i])), str(int(found.predicted[i])),
              format_confidence(found.confidence[i])] for rank, i in enumerate(shown, 1)]
-    return {"n_wrong": n_wrong, "n": n, "share": f"{100 * n_wrong / n:.2f}%", "rows": rows, "unsure": unsure}
+    return {"n_wrong": n_wrong, "n": n, "share": percent(n_wrong / n), "rows": rows, "unsure": unsure}
 
 
 def per_class_rows(found) -> list[list[str]]:
     confusion = found.evaluation.confusion
 
     def pct(v: float) -> str:
-        return "—" if np.isnan(v) else f"{100 * v:.2f}%"
+        return "—" if np.isnan(v) else percent(v)
 
     return [[str(d), pct(found.precision[d]), pct(found.recall[d]), f"{int(confusion[d].sum()):,}",
              f"{int(confusion[:, d].sum()):,}"] for d in range(N_CLASSES)]

@@ -125,11 +125,6 @@ def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
     return save_model(out_path, result.network, {**meta, **(extra_meta or {})})
 
 
-def percent(fraction: float) -> str:
-    """0.98765 -> "98.8%": how reports, the page and the command line write accuracies."""
-    return f"{100 * fraction:.1f}%"
-
-
 def active_accuracy(weights_dir: Path, X_val: np.ndarray, y_val: np.ndarray) -> tuple[str, float]:
     """The active model's version and its accuracy on these validation images (a candidate's own, so
     the two compare like with like); WeightsError if there is no active model this code can serve."""

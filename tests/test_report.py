@@ -143,9 +143,9 @@ def test_the_report_writes_index_html_and_every_png_it_links_to(seed_model, test
     assert sorted(p.name for p in out.iterdir()) == sorted([*FIGURE_FILES, "index.html"]), "no temporary files left"
     assert sum(p.stat().st_size for p in out.iterdir()) < 1_000_000
     predicted = softmax64(seed_model.network.logits(X)).argmax(axis=1)
-    assert page.text_of["test-accuracy"] == f"{100 * (predicted == y).mean():.2f}%"
+    assert page.text_of["test-accuracy"] == f"{100 * (predicted == y).mean():.1f}%"
     assert page.text_of["model-version"] == "seed-test"
-    assert ["test_accuracy", "25.00%"] in page.body_rows("metrics")
+    assert ["test_accuracy", "25.0%"] in page.body_rows("metrics")
     assert "no-history" not in page.ids and "no-calibration" in page.ids
 
 
@@ -178,7 +178,7 @@ def test_precision_and_recall_per_digit_match_the_predictions(seed_model, test_s
     predicted = softmax64(seed_model.network.logits(X)).argmax(axis=1)
 
     def pct(hits: int, total: int) -> str:
-        return f"{100 * hits / total:.2f}%" if total else "—"
+        return f"{100 * hits / total:.1f}%" if total else "—"
 
     expected = [[str(d), pct(np.sum((predicted == d) & (y == d)), np.sum(predicted == d)),
                  pct(np.sum((predicted == d) & (y == d)), np.sum(y == d)),
@@ -207,7 +207,7 @@ def test_without_mistakes_there_is_no_grid_and_an_older_one_is_removed(test_slic
 
     page = read_page(write_report(Model(FixedLogits(logits_with_mistakes(y, {})), {"version": "m"}), X, y, tmp_path))
     assert page.ids["mistakes-summary"]["data-mistakes"] == "0"
-    assert page.text_of["test-accuracy"] == "100.00%"
+    assert page.text_of["test-accuracy"] == "100.0%"
     assert "mistakes.png" not in [img["src"] for img in page.images]
     assert not (tmp_path / "mistakes.png").exists()
 
@@ -236,14 +236,14 @@ def test_a_calibrated_model_is_reported_with_scaled_confidences_and_ece_before_a
 
     plain, scaled = scaled_probabilities(Z, 1.0), scaled_probabilities(Z, T)
     ece_text = page.text_of["ece"]
-    assert f"{100 * expected_calibration_error(plain, y):.2f}% with the plain softmax" in ece_text
-    assert f"{100 * expected_calibration_error(scaled, y):.2f}% after temperature scaling (T = 2.500)" in ece_text
+    assert f"{100 * expected_calibration_error(plain, y):.1f}% with the plain softmax" in ece_text
+    assert f"{100 * expected_calibration_error(scaled, y):.1f}% after temperature scaling (T = 2.500)" in ece_text
     wrong = np.nonzero(scaled.argmax(axis=1) != y)[0]
     rows = page.body_rows("mistakes")
     assert len(rows) == len(wrong) > 0
     for row in rows:
         assert row[4] == format_confidence(scaled[int(row[1])].max())
-    assert ["“not sure” below", "80.00%"] in page.body_rows("calibration")
+    assert ["“not sure” below", "80.0%"] in page.body_rows("calibration")
     with Image.open(tmp_path / "reliability.png") as png:
         assert png.width == 840  # two panels: before and after
 
@@ -292,7 +292,7 @@ def test_evaluate_with_report_prints_the_text_report_and_where_it_wrote_the_page
     assert "confusion matrix (rows: true digit, columns: predicted):" in printed
     assert printed.endswith(f"\nreport written to {out / 'index.html'}\n")
     page = read_page(out / "index.html")
-    assert page.text_of["test-accuracy"] == f"{100 * accuracy:.2f}%"
+    assert page.text_of["test-accuracy"] == f"{100 * accuracy:.1f}%"
     assert page.ids["mistakes-summary"]["data-total"] == "10000"
     assert all((out / img["src"]).read_bytes().startswith(PNG_SIGNATURE) for img in page.images)
 
@@ -387,7 +387,7 @@ def test_every_shipped_model_has_a_current_report(weights_path):
     assert (folder / "index.html").is_file(), f"no report for {weights_path.name}; {regenerate}"
     page = read_page(folder / "index.html")
     assert page.text_of["model-version"] == meta["version"]
-    assert page.text_of["test-accuracy"] == f"{100 * meta['metrics']['test_accuracy']:.2f}%", regenerate
+    assert page.text_of["test-accuracy"] == f"{100 * meta['metrics']['test_accuracy']:.1f}%", regenerate
     assert ("calibration" in page.tables) == ("temperature" in (meta.get("calibration") or {})), regenerate
     assert all((folder / img["src"]).read_bytes().startswith(PNG_SIGNATURE) for img in page.images)
     assert sum(p.stat().st_size for p in folder.iterdir()) < 1_000_000
