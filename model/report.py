@@ -67,9 +67,11 @@ def analyse(model, X: np.ndarray, y: np.ndarray) -> Findings:
                     expected_calibration_error(probs_plain, y), expected_calibration_error(probs, y))
 
 
-def write_report(model, X_test: np.ndarray, y_test: np.ndarray, out_dir: Path, title: str | None = None) -> Path:
+def write_report(model, X_test: np.ndarray, y_test: np.ndarray, out_dir: Path, title: str | None = None,
+                 drawn: bool = True) -> Path:
     """Write the figures and index.html of `model` on (X_test (N, 784), y_test (N,)) to out_dir; returns
-    index.html's path. Figures with nothing to show (no mistakes, no training history) are left out."""
+    index.html's path. Figures with nothing to show (no mistakes, no training history) are left out.
+    With `drawn`, the page also shows the model on the project's drawn digits, per style."""
     from matplotlib.figure import Figure  # lazily: matplotlib is needed only here
 
     X_test = np.asarray(X_test, dtype=np.float32).reshape(-1, N_PIXELS)
@@ -92,12 +94,23 @@ def write_report(model, X_test: np.ndarray, y_test: np.ndarray, out_dir: Path, t
         write_atomically(out_dir / name, png_bytes(fig))
     index = out_dir / "index.html"
     page = render_index(model.meta, found, y_test, sorted(figures), title or f"Evaluation of {model.version}",
-                        N_MISTAKES_SHOWN)
+                        N_MISTAKES_SHOWN, drawn_by_style(model) if drawn else None)
     write_atomically(index, page.encode("utf-8"))
     for name in FIGURE_FILES:  # an older report's figure that this one has no data for
         if name not in figures:
             (out_dir / name).unlink(missing_ok=True)
     return index
+
+
+def drawn_by_style(model) -> dict:
+    """The model on the drawn digits that metadata quotes (`model.drawn_digits.REPORT_SET`): accuracy,
+    and per style its share right and its number of drawings."""
+    from model.drawn_digits import evaluate_drawn, report_drawn_set
+    ds, X = report_drawn_set()
+    result = evaluate_drawn(model.network.predict, ds, X)
+    counts = {style: ds.styles.count(style) for style in result["per_style"]}
+    return {"accuracy": result["accuracy"], "n": result["n"],
+            "per_style": {style: (accuracy, counts[style]) for style, accuracy in result["per_style"].items()}}
 
 
 # ---- figures -------------------------------------------------------------------------------------

@@ -32,9 +32,11 @@ def template():
     return env.get_template("report.html")
 
 
-def render_index(meta: dict, found, y: np.ndarray, figures: list[str], title: str, n_shown: int) -> str:
+def render_index(meta: dict, found, y: np.ndarray, figures: list[str], title: str, n_shown: int,
+                 drawn: dict | None = None) -> str:
     """The page: `found` is a `model.report.Findings`, `figures` the PNG names written beside it,
-    `n_shown` how many of the most confident mistakes the grid holds."""
+    `n_shown` how many of the most confident mistakes the grid holds, `drawn` the model on the drawn
+    digits (`model.report.drawn_by_style`) or None."""
     ev = found.evaluation
     return template().render(
         title=title, version=str(meta.get("version", "?")),
@@ -43,7 +45,10 @@ def render_index(meta: dict, found, y: np.ndarray, figures: list[str], title: st
         created=str(meta.get("created_at", "?")), figures=figures,
         metrics=metrics_rows(meta.get("metrics") or {}), calibration=calibration_rows(meta.get("calibration") or {}),
         mistakes=mistakes_summary(found, y, n_shown), per_class=per_class_rows(found),
-        ece=ece_summary(found), calibrated=found.calibrated)
+        ece=ece_summary(found), calibrated=found.calibrated,
+        drawn=None if drawn is None else {
+            "accuracy": percent(drawn["accuracy"]), "n": f"{drawn['n']:,}", "n_styles": len(drawn["per_style"]),
+            "rows": [[style, percent(acc), f"{n:,}"] for style, (acc, n) in drawn["per_style"].items()]})
 
 
 def format_confidence(p: float) -> str:

@@ -95,6 +95,10 @@ class FixedLogits:
         assert len(X) == len(self.Z), f"{len(X)} images for {len(self.Z)} rows of logits"
         return self.Z
 
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The drawn digits, which the report reads too: always a 0."""
+        return np.zeros(len(X), dtype=np.int64)
+
 
 @pytest.fixture(scope="module")
 def test_slice(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
@@ -184,6 +188,24 @@ def test_precision_and_recall_per_digit_match_the_predictions(seed_model, test_s
                  pct(np.sum((predicted == d) & (y == d)), np.sum(y == d)),
                  f"{np.sum(y == d):,}", f"{np.sum(predicted == d):,}"] for d in range(10)]
     assert page.body_rows("per-class") == expected
+
+
+def test_the_page_shows_the_drawn_digits_per_style_as_the_model_reads_them(seed_model, test_slice, tmp_path):
+    from model.drawn_digits import evaluate_drawn, report_drawn_set, stroke_templates
+    X, y = test_slice
+    page = read_page(write_report(seed_model, X, y, tmp_path))
+    ds, X_drawn = report_drawn_set()
+    result = evaluate_drawn(seed_model.network.predict, ds, X_drawn)
+    rows = page.body_rows("drawn-styles")
+    assert [row[0] for row in rows] == list(stroke_templates())
+    assert rows == [[style, f"{100 * acc:.1f}%", f"{ds.styles.count(style):,}"]
+                    for style, acc in result["per_style"].items()]
+    assert page.text_of["drawn-accuracy"] == f"{100 * result['accuracy']:.1f}%"
+    always_zero = read_page(write_report(Model(FixedLogits(seed_model.network.logits(X)), {"version": "z"}), X, y,
+                                         tmp_path / "zero"))
+    assert [row[1] for row in always_zero.body_rows("drawn-styles")] == [
+        "100.0%" if style.startswith("0") else "0.0%" for style in stroke_templates()]
+    assert "drawn-styles" not in read_page(write_report(seed_model, X, y, tmp_path / "without", drawn=False)).tables
 
 
 def test_a_model_with_few_mistakes_shows_exactly_those_in_a_smaller_grid(test_slice, tmp_path):
