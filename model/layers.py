@@ -140,6 +140,44 @@ class SoftmaxCrossEntropy:
         return dZ
 
 
+class DistillationLoss:
+    """Knowledge distillation (Hinton et al. 2015), mean over the batch: alpha * T^2 * KL(softmax(teacher / T)
+    || softmax(student / T)) + (1 - alpha) * cross-entropy with the labels, with the fused gradient.
+    T^2 keeps the soft term's gradient, which shrinks as 1/T^2, on the scale of the labels' term."""
+
+    def __init__(self, temperature: float, weight: float) -> None:
+        self.temperature, self.weight = float(temperature), float(weight)
+        self.cross_entropy = SoftmaxCrossEntropy()
+
+    def forward(self, logits: np.ndarray, y: np.ndarray, teacher_logits: np.ndarray) -> float:
+        """logits, teacher_logits: (N, C), y: (N,) int labels -> mean loss."""
+        T, alpha = self.temperature, self.weight
+        hard = self.cross_entropy.forward(logits, y)
+        log_student = log_softmax(logits / logits.dtype.type(T))  # (N, C)
+        log_teacher = log_softmax(teacher_logits.astype(logits.dtype) / logits.dtype.type(T))  # (N, C)
+        self._q_student, self._q_teacher = np.exp(log_student), np.exp(log_teacher)
+        # log-probabilities from log_softmax stay finite, so a teacher probability of 0 adds 0, not NaN
+        kl = float(np.sum(self._q_teacher * (log_teacher - log_student))) / len(y)
+        return (1 - alpha) * hard + alpha * T * T * kl
+
+    def backward(self, scale: float = 1.0) -> np.ndarray:
+        """-> dlogits (N, C) of `scale` times the mean loss: (1 - alpha) (probs - onehot) / N from the labels
+        plus alpha T (q_student - q_teacher) / N from the soft targets (see `SoftmaxCrossEntropy.backward`)."""
+        T, alpha, N = self.temperature, self.weight, len(self._q_student)
+        dZ = self.cross_entropy.backward(scale * (1 - alpha))
+        soft = self._q_student  # reused in place: forward's probabilities are not needed again
+        soft -= self._q_teacher
+        soft *= soft.dtype.type(scale * alpha * T / N)
+        dZ += soft
+        return dZ
+
+
+def log_softmax(Z: np.ndarray) -> np.ndarray:
+    """Row-wise log of the softmax, stable: Z - max - log(sum(exp(Z - max))). (N, C) -> (N, C)."""
+    shifted = Z - Z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
 def softmax(Z: np.ndarray) -> np.ndarray:
     """Row-wise softmax, stable: the row max is subtracted first. (N, C) -> (N, C)."""
     E = np.exp(Z - Z.max(axis=1, keepdims=True))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.layers import Dense, ReLU, SoftmaxCrossEntropy, build_layer, softmax
+from model.layers import Dense, DistillationLoss, ReLU, SoftmaxCrossEntropy, build_layer, softmax
 from model.optim import SGD
 
 from gradients import as_float64, numerical_gradient
@@ -73,6 +73,44 @@ def test_softmax_cross_entropy_is_the_mean_negative_log_probability(rng):
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     expected = -np.log(probs[np.arange(N), y]).mean()
     assert SoftmaxCrossEntropy().forward(logits, y) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("T, alpha", [(1.0, 0.5), (4.0, 0.7), (2.5, 1.0)])
+def test_distillation_gradient_matches_central_differences(rng, T, alpha):
+    Z, Z_teacher, y = rng.normal(size=(4, 10)) * 2, rng.normal(size=(4, 10)) * 2, rng.integers(0, 10, 4)
+    loss = DistillationLoss(T, alpha)
+    numeric = numerical_gradient(lambda: loss.forward(Z, y, Z_teacher), Z)
+    loss.forward(Z, y, Z_teacher)
+    np.testing.assert_allclose(loss.backward(), numeric, atol=1e-7)
+    loss.forward(Z, y, Z_teacher)
+    np.testing.assert_allclose(loss.backward(scale=0.3), 0.3 * numeric, atol=1e-7)
+
+
+def test_distillation_loss_is_alpha_t_squared_kl_plus_the_rest_cross_entropy(rng):
+    Z, Z_teacher, y = rng.normal(size=(4, 10)), rng.normal(size=(4, 10)), rng.integers(0, 10, 4)
+    p, q = softmax(Z_teacher / 3), softmax(Z / 3)
+    kl = np.mean(np.sum(p * np.log(p / q), axis=1))
+    cross_entropy = -np.mean(np.log(softmax(Z)[np.arange(4), y]))
+    assert DistillationLoss(3.0, 0.7).forward(Z, y, Z_teacher) == pytest.approx(0.7 * 9 * kl + 0.3 * cross_entropy)
+    # a student that already matches its teacher has nothing to learn from it
+    matched = DistillationLoss(3.0, 1.0)
+    assert matched.forward(Z, y, Z.copy()) == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(matched.backward(), 0.0, atol=1e-12)
+
+
+def test_a_teacher_probability_of_zero_gives_a_finite_loss(rng):
+    Z, y = rng.normal(size=(2, 10)).astype(np.float32), np.array([1, 2])
+    Z_teacher = np.full((2, 10), -1e4, dtype=np.float32)
+    Z_teacher[:, 0] = 50.0
+    loss = DistillationLoss(1.0, 0.7)
+    assert np.isfinite(loss.forward(Z, y, Z_teacher)) and np.isfinite(loss.backward()).all()
+
+
+def test_distillation_with_weight_zero_is_the_cross_entropy_bit_for_bit(rng):
+    Z, Z_teacher, y = rng.normal(size=(8, 10)).astype(np.float32), rng.normal(size=(8, 10)), rng.integers(0, 10, 8)
+    plain, distilled = SoftmaxCrossEntropy(), DistillationLoss(4.0, 0.0)
+    assert distilled.forward(Z, y, Z_teacher) == plain.forward(Z, y)
+    np.testing.assert_array_equal(distilled.backward(0.05), plain.backward(0.05))
 
 
 def test_softmax_rows_are_probabilities(rng):
