@@ -98,6 +98,16 @@ class Recipe:
                                      "--start-from PATH`), keeping its architecture and validation split; then "
                                      "the defaults are 2 epochs on 10,000 images at a tenth of the learning rate, "
                                      "cosine (FINE_TUNE_RECIPE)")
+    train_fraction: float = setting(1.0, "train on a seeded share of the training images (drawn from the seed: each "
+                                         "ensemble member, seed + i, on its own share); 1 = all of them",
+                                    bounds={"gt": 0, "le": 1})
+    distill_from: str = setting("", "distil: a weights file (one network or an ensemble), the teacher whose "
+                                    "softened probabilities on each (augmented) batch are learnt beside the labels; "
+                                    "'' = none")
+    distill_temperature: float = setting(4.0, "with distill_from: the softmax temperature of the teacher's and "
+                                              "student's probabilities", bounds={"gt": 0, "le": 100})
+    distill_weight: float = setting(0.7, "with distill_from: the soft targets' share of the loss, the true "
+                                         "labels' is the rest", bounds={"ge": 0, "le": 1})
 
     def validate(self) -> None:
         """ValueError naming the first field outside its choices or bounds."""
@@ -122,7 +132,8 @@ class Recipe:
 
 LATER_FIELDS = {name: getattr(Recipe, name) for name in
                 ("max_shift", "max_rotation", "max_scale", "max_shear", "max_thickness", "ema_decay",
-                 "train_size", "fine_tune")}
+                 "train_size", "fine_tune", "train_fraction", "distill_from", "distill_temperature",
+                 "distill_weight")}
 
 
 # Each architecture's default recipe: what `Recipe` leaves unsaid, per architecture: the recipe of its

@@ -16,6 +16,7 @@ import numpy as np
 
 from model.augment import augment
 from model.checkpoint import Checkpoint, check_resumable, data_fingerprint, load_checkpoint, save_checkpoint
+from model.layers import DistillationLoss
 from model.network import Ensemble, Network
 from model.optim import SGD, Adam
 from model.recipe import (ADAM_LEARNING_RATE, ARCHITECTURE_RECIPES, ENSEMBLE, LATER_FIELDS, SCHEDULES,  # noqa: F401
@@ -137,6 +138,8 @@ class Run:
     seconds_before: float = 0.0     # training time of the epochs done before a resume
     started: float = field(default_factory=time.perf_counter)
     loss_average: LossAverage = field(default_factory=LossAverage)  # reported only, never trained on
+    teacher: Network | Ensemble | None = None   # distilling: the network whose soft targets are learnt
+    distillation: DistillationLoss | None = None
 
     @property
     def rngs(self) -> dict[str, np.random.Generator]:
@@ -152,15 +155,31 @@ class Run:
         return self.seconds_before + time.perf_counter() - self.started
 
 
-def start_run(recipe: Recipe, fingerprint: str, start_from: Network | None = None) -> Run:
-    """A fresh run: the seeded network (with `start_from`'s weights, when fine-tuning) and optimizer."""
+def start_run(recipe: Recipe, fingerprint: str, start_from: Network | None = None,
+              teacher: Network | Ensemble | None = None) -> Run:
+    """A fresh run: the seeded network (with `start_from`'s weights, when fine-tuning), optimizer and, when
+    distilling, the teacher with the recipe's loss."""
     rng = np.random.default_rng(recipe.seed)
     network = Network.from_architecture(recipe.architecture, seed=int(rng.integers(2**31)))
     if start_from is not None:
         network.set_state(start_from.state())  # copied in: the source network stays as it was
     optimizer = (SGD(recipe.learning_rate, recipe.momentum, ema_decay=recipe.ema_decay) if recipe.optimizer == "sgd"
                  else Adam(recipe.learning_rate, ema_decay=recipe.ema_decay))
-    return Run(recipe, network, optimizer, rng, np.random.default_rng([recipe.seed, 1]), fingerprint)
+    run = Run(recipe, network, optimizer, rng, np.random.default_rng([recipe.seed, 1]), fingerprint)
+    if teacher is not None:
+        run.teacher = teacher
+        run.distillation = DistillationLoss(recipe.distill_temperature, recipe.distill_weight)
+    return run
+
+
+def distillation_step(run: Run, X: np.ndarray, y: np.ndarray, gradient_scale: float) -> float:
+    """`Network.loss_and_gradients` with the distillation loss: the teacher's logits on the same batch, in
+    inference mode (no dropout draws, batch normalisation by its running statistics; it is never trained).
+    Returns the loss; the gradients are those of `gradient_scale` times it."""
+    teacher_logits = run.teacher.logits(X)  # an Ensemble's: log of its averaged probabilities
+    loss = run.distillation.forward(run.network.forward(X, training=True), y, teacher_logits)
+    run.network.backward(run.distillation.backward(gradient_scale))
+    return loss
 
 
 def resume_run(run: Run, checkpoint: Path) -> None:
@@ -199,7 +218,10 @@ def train_epoch(run: Run, epoch: int, X_train: np.ndarray, y_train: np.ndarray,
         # its term in the loss is added where the loss is reported.
         # Plain SGD takes its gradients pre-scaled by the rate: one pass fewer over the weights.
         scale = optimizer.gradient_scale
-        loss = network.loss_and_gradients(X_batch, y_train[idx], gradient_scale=scale)
+        if run.teacher is None:
+            loss = network.loss_and_gradients(X_batch, y_train[idx], gradient_scale=scale)
+        else:
+            loss = distillation_step(run, X_batch, y_train[idx], scale)
         loss_sum += loss
         run.loss_average.add(loss)
         optimizer.step(network.parameters(), network.gradients(), weight_decay, gradient_scale=scale)
@@ -234,11 +256,28 @@ def checkpoint_run(run: Run, checkpoint: Path, epoch: int) -> None:
         run.seconds()))
 
 
+def fraction_size(n: int, fraction: float) -> int:
+    """How many of n images a `train_fraction` keeps: at least one."""
+    return n if fraction >= 1 else max(1, round(n * fraction))
+
+
+def training_share(X_train: np.ndarray, y_train: np.ndarray, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+    """The recipe's seeded `train_fraction` of the training images, in their original order; all at 1.
+    Drawn with a generator of its own, seeded by the recipe's seed (an ensemble member's seed + i draws its
+    own share), so the run's shuffling and augmentation streams are untouched."""
+    if recipe.train_fraction >= 1:
+        return X_train, y_train
+    n = len(y_train)
+    keep = np.sort(np.random.default_rng([recipe.seed, 3]).choice(n, fraction_size(n, recipe.train_fraction),
+                                                                  replace=False))
+    return X_train[keep], y_train[keep]
+
+
 def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
           on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
           report_every: int = 20, checkpoint: Path | None = None,
-          start_from: Network | None = None) -> TrainResult:
+          start_from: Network | None = None, teacher: Network | Ensemble | None = None) -> TrainResult:
     """Train the recipe's architecture; keep the parameters of the epoch with the best validation accuracy.
 
     X_*: (N, 784) float32 in [0, 1]; y_*: (N,) int. With no validation data the last epoch is kept.
@@ -249,17 +288,24 @@ def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
     average of the weights (`averaged_weights`); the history also records the trained weights' accuracy.
     `start_from` (with `recipe.fine_tune`): a network of the recipe's architecture whose weights training
     starts from instead of random ones; a checkpoint then also matches only the same starting weights.
+    With `recipe.train_fraction` < 1, a seeded share of X_train is trained on (`training_share`).
+    `teacher` (with `recipe.distill_from`, where it was loaded from): distil it (`distillation_step`); a
+    checkpoint then also matches only the same teacher's weights.
     """
     recipe.validate()
     if recipe.fine_tune != (start_from is not None):
         raise ValueError("a fine-tuning recipe needs the network to start from, and only it takes one")
+    if bool(recipe.distill_from) != (teacher is not None):
+        raise ValueError("a distillation recipe (distill_from) needs the teacher network, and only it takes one")
     if recipe.architecture == ENSEMBLE:
         return train_ensemble(recipe, X_train, y_train, X_val, y_val, on_progress, should_stop, report_every,
-                              checkpoint)
+                              checkpoint, teacher)
+    X_train, y_train = training_share(X_train, y_train, recipe)
     X_train = np.ascontiguousarray(X_train, dtype=np.float32)
     starting = () if start_from is None else tuple(start_from.state().values())
-    run = start_run(recipe, data_fingerprint(X_train, y_train, X_val, y_val, *starting) if checkpoint is not None
-                    else "", start_from)
+    teaching = () if teacher is None else tuple(teacher.state().values())
+    run = start_run(recipe, data_fingerprint(X_train, y_train, X_val, y_val, *starting, *teaching)
+                    if checkpoint is not None else "", start_from, teacher)
     if checkpoint is not None and Path(checkpoint).exists():
         resume_run(run, checkpoint)
     run.started = time.perf_counter()
@@ -300,9 +346,11 @@ def checkpoint_files(checkpoint: Path, recipe: Recipe) -> list[Path]:
 def train_ensemble(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
                    on_progress: Callable[[Progress], None] | None = None,
                    should_stop: Callable[[], bool] | None = None,
-                   report_every: int = 20, checkpoint: Path | None = None) -> TrainResult:
+                   report_every: int = 20, checkpoint: Path | None = None,
+                   teacher: Network | Ensemble | None = None) -> TrainResult:
     """Train `recipe.members` networks of `recipe.member_architecture` one after another (seeds seed,
-    seed+1, ...; each keeps its own best validation epoch) and average them. Progress counts the
+    seed+1, ...; each keeps its own best validation epoch, its own `train_fraction` share, and distils
+    `teacher` if given) and average them. Progress counts the
     members' epochs as one run: member i's epoch e is epoch i * epochs + e of members * epochs."""
     E, networks, history, seconds = recipe.epochs, [], [], 0.0
     for i in range(recipe.members):
@@ -313,7 +361,7 @@ def train_ensemble(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_v
                 on_progress(replace(p, epoch=offset + p.epoch, n_epochs=recipe.members * E))
 
         result = train(member, X_train, y_train, X_val, y_val, forward, should_stop, report_every,
-                       None if checkpoint is None else member_checkpoint(checkpoint, i))
+                       None if checkpoint is None else member_checkpoint(checkpoint, i), teacher=teacher)
         networks.append(result.network)
         history += [{**record, "member": i, "epoch": i * E + record["epoch"]} for record in result.history]
         seconds += result.seconds

@@ -11,8 +11,8 @@ import numpy as np
 from model.calibrate import calibrate
 from model.data import Dataset
 from model.preprocess import PREPROCESSING_VERSION
-from model.train import Progress, Recipe, accuracy, train
-from model.weights import Model, save_model
+from model.train import Progress, Recipe, accuracy, fraction_size, train
+from model.weights import Model, load_servable, save_model
 
 
 FEEDBACK_HELD_OUT = 0.2   # share of user feedback kept apart to measure the model on it
@@ -95,18 +95,22 @@ def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
     `feedback` (X (N, 784), y (N,)) is users' labelled drawings: mixed in, with accuracy on a held-out
     part reported separately from MNIST's. `checkpoint`: see `model.train.train`. `start_from` (with a
     fine-tuning recipe): the saved model whose weights training starts from; its accuracy on validation
-    and on the held-out feedback are reported too (`*_before`), beside the new model's.
+    and on the held-out feedback are reported too (`*_before`), beside the new model's. A distillation
+    recipe's teacher is loaded from `recipe.distill_from` (WeightsError if it is not a model this code
+    can serve); its path and version are saved as `distilled_from`.
     """
+    teacher = load_servable(Path(recipe.distill_from)) if recipe.distill_from else None
     X_train, y_train = training_subset(data.X_train, data.y_train, recipe)
     X_fb_held = y_fb_held = None
     if feedback is not None and len(feedback[1]):
         X_train, y_train, X_fb_held, y_fb_held = mix_feedback(X_train, y_train, *feedback, seed=recipe.seed)
     result = train(recipe, X_train, y_train, data.X_val, data.y_val, on_progress=on_progress, should_stop=should_stop,
-                   checkpoint=checkpoint, start_from=None if start_from is None else start_from.network)
+                   checkpoint=checkpoint, start_from=None if start_from is None else start_from.network,
+                   teacher=None if teacher is None else teacher.network)
     metrics = {
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.seconds, 2),
-        "n_train": len(y_train),  # feedback copies included
+        "n_train": fraction_size(len(y_train), recipe.train_fraction),  # feedback copies included
     }
     held_out = y_fb_held is not None and len(y_fb_held) > 0
     if feedback is not None:
@@ -120,6 +124,8 @@ def train_and_save(recipe: Recipe, data: Dataset, out_path: Path,
             metrics["feedback_accuracy_before"] = (accuracy(start_from.network, X_fb_held, y_fb_held)
                                                    if held_out else None)
         fields["fine_tuned_from"] = start_from.version
+    if teacher is not None:
+        fields["distilled_from"] = {"path": recipe.distill_from, "version": teacher.version}
     meta = measured_meta(result.network, data, result.val_accuracy, metrics, recipe=recipe.to_dict(),
                          seed=recipe.seed, history=result.history, **fields)
     return save_model(out_path, result.network, {**meta, **(extra_meta or {})})

@@ -152,6 +152,25 @@ def test_the_recipes_that_checkpoints_compare_are_as_they_were():
         "max_scale": 0.15, "max_thickness": 0.5, "ema_decay": 0.999}
 
 
+
+def recipe_of_flags(*flags: str) -> Recipe:
+    """The recipe `digits train FLAGS` trains, built as `cmd_train` builds it."""
+    args = build_parser().parse_args(["train", *flags])
+    return recipe_for(**{f.name: getattr(args, f.name) for f in FIELDS})
+
+
+def test_a_seeded_training_share_and_distillation_are_recorded_only_when_asked_for():
+    member = recipe_of_flags("--arch", "cnn_deep", "--train-fraction", "0.9", "--seed", "31")
+    member.validate()
+    assert member.to_dict() == {**recipe_for("cnn_deep", seed=31).to_dict(), "train_fraction": 0.9}
+    student = recipe_of_flags("--arch", "cnn", "--distill-from", "weights/ensemble.npz")
+    assert (student.distill_temperature, student.distill_weight) == (4.0, 0.7)
+    assert student.to_dict() == {**recipe_for("cnn").to_dict(), "distill_from": "weights/ensemble.npz"}
+    assert Recipe(**student.to_dict()) == student
+    assert recipe_of_flags("--arch", "cnn_deep").to_dict() == recipe_for("cnn_deep").to_dict()
+    later = {"train_fraction", "distill_from", "distill_temperature", "distill_weight"}
+    assert later.isdisjoint(recipe_of_flags("--arch", "cnn_deep").to_dict())
+
 def shipped_networks() -> dict[str, list[dict]]:
     """The metadata of every single network in weights/, by architecture."""
     from pathlib import Path

@@ -517,6 +517,41 @@ def test_train_size_takes_a_seeded_subset_in_order_and_all_at_zero():
     assert training_subset(X, y, Recipe())[1] is y and training_subset(X, y, Recipe(train_size=500))[1] is y
 
 
+def test_train_fraction_takes_a_seeded_share_in_order_and_all_at_one():
+    from model.train import training_share
+    X, y = np.arange(100, dtype=np.float32).reshape(100, 1), np.arange(100)
+    X_sub, y_sub = training_share(X, y, Recipe(train_fraction=0.9, seed=4))
+    assert len(y_sub) == 90 and list(y_sub) == sorted(y_sub) and np.array_equal(X_sub[:, 0], y_sub)
+    assert np.array_equal(training_share(X, y, Recipe(train_fraction=0.9, seed=4))[1], y_sub)
+    assert not np.array_equal(training_share(X, y, Recipe(train_fraction=0.9, seed=5))[1], y_sub)
+    assert training_share(X, y, Recipe())[1] is y
+
+
+def test_a_run_with_a_train_fraction_trains_on_its_share_and_validates_on_the_whole_split(tiny):
+    from model.train import training_share
+    recipe = quick(epochs=1, train_fraction=0.5)
+    share = training_share(*tiny[:2], recipe)
+    assert len(share[1]) == 150
+    on_share = train(recipe, *tiny)
+    on_share_given = train(quick(epochs=1), *share, *tiny[2:])
+    for key, P in on_share_given.network.state().items():
+        np.testing.assert_array_equal(on_share.network.state()[key], P, err_msg=key)
+    assert on_share.val_accuracy == accuracy(on_share.network, *tiny[2:])  # all 100 validation images
+
+
+def test_each_ensemble_member_trains_on_its_own_share(tiny, monkeypatch):
+    from model.train import training_share
+    seen = []
+    real_epoch = train_module.train_epoch
+    monkeypatch.setattr(train_module, "train_epoch", lambda run, epoch, X, y, *rest: seen.append(y.copy())
+                        or real_epoch(run, epoch, X, y, *rest))
+    recipe = quick(architecture="ensemble", members=2, member_architecture="seed", epochs=1, train_fraction=0.6)
+    train(recipe, *tiny)
+    assert [len(y) for y in seen] == [180, 180] and not np.array_equal(*seen)
+    for i, y in enumerate(seen):
+        assert np.array_equal(y, training_share(*tiny[:2], quick(train_fraction=0.6, seed=recipe.seed + i))[1])
+
+
 def test_fine_tuning_a_saved_model_on_drawings_reports_held_out_feedback_before_and_after(mnist, tmp_path):
     from dataclasses import replace
 
