@@ -190,6 +190,10 @@ class TrainRequestBase(BaseModel):
     def _architecture_defaults(self) -> "TrainRequestBase":
         """Fill what was left out from the architecture's recipe, so the stored job says it all."""
         from model.recipe import recipe_for
+        if getattr(self, "distill_from", ""):
+            # It names a file for the server to load: no client may point the trainer at a server path.
+            raise ValueError("distill_from names a file on the server, so distilling is offered on the command "
+                             "line only (digits train --distill-from FILE)")
         given = self.model_dump(exclude=set(SERVICE_FIELDS))
         recipe = recipe_for(**given)
         try:

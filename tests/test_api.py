@@ -808,3 +808,10 @@ def test_a_fine_tune_that_reads_corrections_better_is_promoted_within_a_tenth_of
     assert not promotion_decision(candidate(0.0005, 0.90, 0.90), tmp_path, "if_better", X, y)[0]  # no better
     assert not promotion_decision(candidate(0.0005, 0.80, 0.90, fine_tuned=False), tmp_path, "if_better", X, y)[0]
     assert promotion_decision(candidate(-0.001, 0.9, 0.8), tmp_path, "if_better", X, y)[0]  # better on validation
+
+
+def test_a_training_request_cannot_name_a_server_file_to_distil_from(client):
+    response = client.post("/train", json={"architecture": "cnn", "distill_from": "/etc/passwd"})
+    assert response.status_code == 422
+    assert response.json() == {"detail": "distill_from names a file on the server, so distilling is offered on "
+                                         "the command line only (digits train --distill-from FILE)"}
