@@ -261,16 +261,23 @@ def fraction_size(n: int, fraction: float) -> int:
     return n if fraction >= 1 else max(1, round(n * fraction))
 
 
+def seeded_subset(X: np.ndarray, y: np.ndarray, n_keep: int, seed: int, stream: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """n_keep rows of (X, y) drawn without replacement by a generator of their own ([seed, stream]: the
+    run's shuffling and augmentation streams are untouched), in their original order; all when
+    n_keep covers them."""
+    if n_keep >= len(y):
+        return X, y
+    keep = np.sort(np.random.default_rng([seed, stream]).choice(len(y), n_keep, replace=False))
+    return X[keep], y[keep]
+
+
 def training_share(X_train: np.ndarray, y_train: np.ndarray, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
     """The recipe's seeded `train_fraction` of the training images, in their original order; all at 1.
-    Drawn with a generator of its own, seeded by the recipe's seed (an ensemble member's seed + i draws its
-    own share), so the run's shuffling and augmentation streams are untouched."""
+    Seeded by the recipe's seed, so an ensemble member's seed + i draws its own share."""
     if recipe.train_fraction >= 1:
         return X_train, y_train
-    n = len(y_train)
-    keep = np.sort(np.random.default_rng([recipe.seed, 3]).choice(n, fraction_size(n, recipe.train_fraction),
-                                                                  replace=False))
-    return X_train[keep], y_train[keep]
+    return seeded_subset(X_train, y_train, fraction_size(len(y_train), recipe.train_fraction), recipe.seed, 3)
 
 
 def train(recipe: Recipe, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,

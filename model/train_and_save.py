@@ -11,7 +11,7 @@ import numpy as np
 from model.calibrate import calibrate
 from model.data import Dataset
 from model.preprocess import PREPROCESSING_VERSION
-from model.train import Progress, Recipe, accuracy, fraction_size, train
+from model.train import Progress, Recipe, accuracy, fraction_size, seeded_subset, train
 from model.weights import Model, load_servable, save_model
 
 
@@ -38,12 +38,10 @@ def mix_feedback(X_train: np.ndarray, y_train: np.ndarray, X_fb: np.ndarray, y_f
 
 
 def training_subset(X_train: np.ndarray, y_train: np.ndarray, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
-    """The recipe's `train_size` images of the training set, drawn with their own seeded generator (so
-    the run's shuffling and augmentation streams are untouched), in their original order; all at 0."""
-    if not recipe.train_size or recipe.train_size >= len(y_train):
+    """The recipe's `train_size` images of the training set (`seeded_subset`); all at 0."""
+    if not recipe.train_size:
         return X_train, y_train
-    keep = np.sort(np.random.default_rng([recipe.seed, 2]).choice(len(y_train), recipe.train_size, replace=False))
-    return X_train[keep], y_train[keep]
+    return seeded_subset(X_train, y_train, recipe.train_size, recipe.seed, 2)
 
 
 CALIBRATION_SCRIBBLES = (400, 1)  # (count, seed) of the non-digit scribbles the threshold is fitted on;

@@ -86,3 +86,12 @@ def tiny_weights_path(tmp_path) -> Path:
 def tmp_state(tmp_path) -> Path:
     """A private copy of the shipped weights folder and an empty database folder, for real servers."""
     return copy_shipped_weights(tmp_path)
+
+
+def learnable_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic digits-shaped data with a learnable label (which quarter of the image is brightest):
+    (X_train, y_train, X_val, y_val), 400 and 100 rows."""
+    rng = np.random.default_rng(0)
+    X = rng.random((500, 784), dtype=np.float32) ** 3
+    y = (X.reshape(-1, 4, 196).sum(axis=2).argmax(axis=1) + 3 * (X[:, 0] > 0.5)) % 10
+    return X[:400], y[:400], X[400:], y[400:]

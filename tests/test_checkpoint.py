@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import learnable_data
 from model.atomic import savez_atomically
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.train import Recipe, TrainingCancelled, fraction_size, member_checkpoint, train
@@ -11,11 +12,7 @@ from model.train import Recipe, TrainingCancelled, fraction_size, member_checkpo
 
 @pytest.fixture(scope="module")
 def data():
-    """Synthetic digits-shaped data with a learnable label (which quarter of the image is brightest)."""
-    rng = np.random.default_rng(0)
-    X = rng.random((500, 784), dtype=np.float32) ** 3
-    y = (X.reshape(-1, 4, 196).sum(axis=2).argmax(axis=1) + 3 * (X[:, 0] > 0.5)) % 10
-    return X[:400], y[:400], X[400:], y[400:]
+    return learnable_data()
 
 
 RECIPES = {

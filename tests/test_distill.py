@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TINY_SPEC, save_tiny_model
+from conftest import TINY_SPEC, learnable_data, save_tiny_model
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.data import Dataset
 from model.layers import DistillationLoss, softmax
@@ -16,11 +16,7 @@ from model.train_and_save import train_and_save
 
 @pytest.fixture(scope="module")
 def data():
-    """Synthetic digits-shaped data with a learnable label (which quarter of the image is brightest)."""
-    rng = np.random.default_rng(0)
-    X = rng.random((500, 784), dtype=np.float32) ** 3
-    y = (X.reshape(-1, 4, 196).sum(axis=2).argmax(axis=1) + 3 * (X[:, 0] > 0.5)) % 10
-    return X[:400], y[:400], X[400:], y[400:]
+    return learnable_data()
 
 
 def confident_teacher(seed: int = 0) -> Network:
